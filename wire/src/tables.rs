@@ -99,6 +99,288 @@ pub(crate) const CALLS: [(u32, &str, &str, &str); 90] = [
     (89, "C_DeriveKey2", "uMuaA", "uPu"),
 ];
 
+/// Every RPC call id of p11-kit 0.26.4 (`P11_RPC_CALL_*`); `Error` (0) only appears in replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum CallId {
+    /// `ERROR` (id 0): request `-`, reply `u`.
+    Error = 0,
+    /// `C_Initialize` (id 1): request `ayyay`, reply `-`.
+    Initialize = 1,
+    /// `C_Finalize` (id 2): request `-`, reply `-`.
+    Finalize = 2,
+    /// `C_GetInfo` (id 3): request `-`, reply `vsusv`.
+    GetInfo = 3,
+    /// `C_GetSlotList` (id 4): request `yfu`, reply `au`.
+    GetSlotList = 4,
+    /// `C_GetSlotInfo` (id 5): request `u`, reply `ssuvv`.
+    GetSlotInfo = 5,
+    /// `C_GetTokenInfo` (id 6): request `u`, reply `ssssuuuuuuuuuuuvvs`.
+    GetTokenInfo = 6,
+    /// `C_GetMechanismList` (id 7): request `ufu`, reply `au`.
+    GetMechanismList = 7,
+    /// `C_GetMechanismInfo` (id 8): request `uu`, reply `uuu`.
+    GetMechanismInfo = 8,
+    /// `C_InitToken` (id 9): request `uayz`, reply `-`.
+    InitToken = 9,
+    /// `C_OpenSession` (id 10): request `uu`, reply `u`.
+    OpenSession = 10,
+    /// `C_CloseSession` (id 11): request `u`, reply `-`.
+    CloseSession = 11,
+    /// `C_CloseAllSessions` (id 12): request `u`, reply `-`.
+    CloseAllSessions = 12,
+    /// `C_GetSessionInfo` (id 13): request `u`, reply `uuuu`.
+    GetSessionInfo = 13,
+    /// `C_InitPIN` (id 14): request `uay`, reply `-`.
+    InitPIN = 14,
+    /// `C_SetPIN` (id 15): request `uayay`, reply `-`.
+    SetPIN = 15,
+    /// `C_GetOperationState` (id 16): request `ufy`, reply `ay`.
+    GetOperationState = 16,
+    /// `C_SetOperationState` (id 17): request `uayuu`, reply `-`.
+    SetOperationState = 17,
+    /// `C_Login` (id 18): request `uuay`, reply `-`.
+    Login = 18,
+    /// `C_Logout` (id 19): request `u`, reply `-`.
+    Logout = 19,
+    /// `C_CreateObject` (id 20): request `uaA`, reply `u`.
+    CreateObject = 20,
+    /// `C_CopyObject` (id 21): request `uuaA`, reply `u`.
+    CopyObject = 21,
+    /// `C_DestroyObject` (id 22): request `uu`, reply `-`.
+    DestroyObject = 22,
+    /// `C_GetObjectSize` (id 23): request `uu`, reply `u`.
+    GetObjectSize = 23,
+    /// `C_GetAttributeValue` (id 24): request `uufA`, reply `aAu`.
+    GetAttributeValue = 24,
+    /// `C_SetAttributeValue` (id 25): request `uuaA`, reply `-`.
+    SetAttributeValue = 25,
+    /// `C_FindObjectsInit` (id 26): request `uaA`, reply `-`.
+    FindObjectsInit = 26,
+    /// `C_FindObjects` (id 27): request `ufu`, reply `au`.
+    FindObjects = 27,
+    /// `C_FindObjectsFinal` (id 28): request `u`, reply `-`.
+    FindObjectsFinal = 28,
+    /// `C_EncryptInit` (id 29): request `uMu`, reply `-`.
+    EncryptInit = 29,
+    /// `C_Encrypt` (id 30): request `uayfy`, reply `ay`.
+    Encrypt = 30,
+    /// `C_EncryptUpdate` (id 31): request `uayfy`, reply `ay`.
+    EncryptUpdate = 31,
+    /// `C_EncryptFinal` (id 32): request `ufy`, reply `ay`.
+    EncryptFinal = 32,
+    /// `C_DecryptInit` (id 33): request `uMu`, reply `-`.
+    DecryptInit = 33,
+    /// `C_Decrypt` (id 34): request `uayfy`, reply `ay`.
+    Decrypt = 34,
+    /// `C_DecryptUpdate` (id 35): request `uayfy`, reply `ay`.
+    DecryptUpdate = 35,
+    /// `C_DecryptFinal` (id 36): request `ufy`, reply `ay`.
+    DecryptFinal = 36,
+    /// `C_DigestInit` (id 37): request `uM`, reply `-`.
+    DigestInit = 37,
+    /// `C_Digest` (id 38): request `uayfy`, reply `ay`.
+    Digest = 38,
+    /// `C_DigestUpdate` (id 39): request `uay`, reply `-`.
+    DigestUpdate = 39,
+    /// `C_DigestKey` (id 40): request `uu`, reply `-`.
+    DigestKey = 40,
+    /// `C_DigestFinal` (id 41): request `ufy`, reply `ay`.
+    DigestFinal = 41,
+    /// `C_SignInit` (id 42): request `uMu`, reply `-`.
+    SignInit = 42,
+    /// `C_Sign` (id 43): request `uayfy`, reply `ay`.
+    Sign = 43,
+    /// `C_SignUpdate` (id 44): request `uay`, reply `-`.
+    SignUpdate = 44,
+    /// `C_SignFinal` (id 45): request `ufy`, reply `ay`.
+    SignFinal = 45,
+    /// `C_SignRecoverInit` (id 46): request `uMu`, reply `-`.
+    SignRecoverInit = 46,
+    /// `C_SignRecover` (id 47): request `uayfy`, reply `ay`.
+    SignRecover = 47,
+    /// `C_VerifyInit` (id 48): request `uMu`, reply `-`.
+    VerifyInit = 48,
+    /// `C_Verify` (id 49): request `uayay`, reply `-`.
+    Verify = 49,
+    /// `C_VerifyUpdate` (id 50): request `uay`, reply `-`.
+    VerifyUpdate = 50,
+    /// `C_VerifyFinal` (id 51): request `uay`, reply `-`.
+    VerifyFinal = 51,
+    /// `C_VerifyRecoverInit` (id 52): request `uMu`, reply `-`.
+    VerifyRecoverInit = 52,
+    /// `C_VerifyRecover` (id 53): request `uayfy`, reply `ay`.
+    VerifyRecover = 53,
+    /// `C_DigestEncryptUpdate` (id 54): request `uayfy`, reply `ay`.
+    DigestEncryptUpdate = 54,
+    /// `C_DecryptDigestUpdate` (id 55): request `uayfy`, reply `ay`.
+    DecryptDigestUpdate = 55,
+    /// `C_SignEncryptUpdate` (id 56): request `uayfy`, reply `ay`.
+    SignEncryptUpdate = 56,
+    /// `C_DecryptVerifyUpdate` (id 57): request `uayfy`, reply `ay`.
+    DecryptVerifyUpdate = 57,
+    /// `C_GenerateKey` (id 58): request `uMaA`, reply `u`.
+    GenerateKey = 58,
+    /// `C_GenerateKeyPair` (id 59): request `uMaAaA`, reply `uu`.
+    GenerateKeyPair = 59,
+    /// `C_WrapKey` (id 60): request `uMuufy`, reply `ay`.
+    WrapKey = 60,
+    /// `C_UnwrapKey` (id 61): request `uMuayaA`, reply `u`.
+    UnwrapKey = 61,
+    /// `C_DeriveKey` (id 62): request `uMuaA`, reply `u`.
+    DeriveKey = 62,
+    /// `C_SeedRandom` (id 63): request `uay`, reply `-`.
+    SeedRandom = 63,
+    /// `C_GenerateRandom` (id 64): request `ufy`, reply `ay`.
+    GenerateRandom = 64,
+    /// `C_WaitForSlotEvent` (id 65): request `u`, reply `u`.
+    WaitForSlotEvent = 65,
+    /// `C_LoginUser` (id 66): request `uuayay`, reply `-`.
+    LoginUser = 66,
+    /// `C_SessionCancel` (id 67): request `uu`, reply `-`.
+    SessionCancel = 67,
+    /// `C_MessageEncryptInit` (id 68): request `uMu`, reply `-`.
+    MessageEncryptInit = 68,
+    /// `C_EncryptMessage` (id 69): request `uayayayfy`, reply `ay`.
+    EncryptMessage = 69,
+    /// `C_EncryptMessageBegin` (id 70): request `uayay`, reply `-`.
+    EncryptMessageBegin = 70,
+    /// `C_EncryptMessageNext` (id 71): request `uayayfyu`, reply `ay`.
+    EncryptMessageNext = 71,
+    /// `C_MessageEncryptFinal` (id 72): request `u`, reply `-`.
+    MessageEncryptFinal = 72,
+    /// `C_MessageDecryptInit` (id 73): request `uMu`, reply `-`.
+    MessageDecryptInit = 73,
+    /// `C_DecryptMessage` (id 74): request `uayayayfy`, reply `ay`.
+    DecryptMessage = 74,
+    /// `C_DecryptMessageBegin` (id 75): request `uayay`, reply `-`.
+    DecryptMessageBegin = 75,
+    /// `C_DecryptMessageNext` (id 76): request `uayayfyu`, reply `ay`.
+    DecryptMessageNext = 76,
+    /// `C_MessageDecryptFinal` (id 77): request `u`, reply `-`.
+    MessageDecryptFinal = 77,
+    /// `C_MessageSignInit` (id 78): request `uMu`, reply `-`.
+    MessageSignInit = 78,
+    /// `C_SignMessage` (id 79): request `uayayfy`, reply `ay`.
+    SignMessage = 79,
+    /// `C_SignMessageBegin` (id 80): request `uay`, reply `-`.
+    SignMessageBegin = 80,
+    /// `C_SignMessageNext` (id 81): request `uayayyfy`, reply `ay`.
+    SignMessageNext = 81,
+    /// `C_MessageSignFinal` (id 82): request `u`, reply `-`.
+    MessageSignFinal = 82,
+    /// `C_MessageVerifyInit` (id 83): request `uMu`, reply `-`.
+    MessageVerifyInit = 83,
+    /// `C_VerifyMessage` (id 84): request `uayayay`, reply `-`.
+    VerifyMessage = 84,
+    /// `C_VerifyMessageBegin` (id 85): request `uay`, reply `-`.
+    VerifyMessageBegin = 85,
+    /// `C_VerifyMessageNext` (id 86): request `uayayay`, reply `-`.
+    VerifyMessageNext = 86,
+    /// `C_MessageVerifyFinal` (id 87): request `u`, reply `-`.
+    MessageVerifyFinal = 87,
+    /// `C_InitToken2` (id 88): request `uays`, reply `-`.
+    InitToken2 = 88,
+    /// `C_DeriveKey2` (id 89): request `uMuaA`, reply `uPu`.
+    DeriveKey2 = 89,
+}
+
+impl CallId {
+    /// All call ids in numeric order (index = id).
+    pub const ALL: [Self; 90] = [
+        Self::Error,
+        Self::Initialize,
+        Self::Finalize,
+        Self::GetInfo,
+        Self::GetSlotList,
+        Self::GetSlotInfo,
+        Self::GetTokenInfo,
+        Self::GetMechanismList,
+        Self::GetMechanismInfo,
+        Self::InitToken,
+        Self::OpenSession,
+        Self::CloseSession,
+        Self::CloseAllSessions,
+        Self::GetSessionInfo,
+        Self::InitPIN,
+        Self::SetPIN,
+        Self::GetOperationState,
+        Self::SetOperationState,
+        Self::Login,
+        Self::Logout,
+        Self::CreateObject,
+        Self::CopyObject,
+        Self::DestroyObject,
+        Self::GetObjectSize,
+        Self::GetAttributeValue,
+        Self::SetAttributeValue,
+        Self::FindObjectsInit,
+        Self::FindObjects,
+        Self::FindObjectsFinal,
+        Self::EncryptInit,
+        Self::Encrypt,
+        Self::EncryptUpdate,
+        Self::EncryptFinal,
+        Self::DecryptInit,
+        Self::Decrypt,
+        Self::DecryptUpdate,
+        Self::DecryptFinal,
+        Self::DigestInit,
+        Self::Digest,
+        Self::DigestUpdate,
+        Self::DigestKey,
+        Self::DigestFinal,
+        Self::SignInit,
+        Self::Sign,
+        Self::SignUpdate,
+        Self::SignFinal,
+        Self::SignRecoverInit,
+        Self::SignRecover,
+        Self::VerifyInit,
+        Self::Verify,
+        Self::VerifyUpdate,
+        Self::VerifyFinal,
+        Self::VerifyRecoverInit,
+        Self::VerifyRecover,
+        Self::DigestEncryptUpdate,
+        Self::DecryptDigestUpdate,
+        Self::SignEncryptUpdate,
+        Self::DecryptVerifyUpdate,
+        Self::GenerateKey,
+        Self::GenerateKeyPair,
+        Self::WrapKey,
+        Self::UnwrapKey,
+        Self::DeriveKey,
+        Self::SeedRandom,
+        Self::GenerateRandom,
+        Self::WaitForSlotEvent,
+        Self::LoginUser,
+        Self::SessionCancel,
+        Self::MessageEncryptInit,
+        Self::EncryptMessage,
+        Self::EncryptMessageBegin,
+        Self::EncryptMessageNext,
+        Self::MessageEncryptFinal,
+        Self::MessageDecryptInit,
+        Self::DecryptMessage,
+        Self::DecryptMessageBegin,
+        Self::DecryptMessageNext,
+        Self::MessageDecryptFinal,
+        Self::MessageSignInit,
+        Self::SignMessage,
+        Self::SignMessageBegin,
+        Self::SignMessageNext,
+        Self::MessageSignFinal,
+        Self::MessageVerifyInit,
+        Self::VerifyMessage,
+        Self::VerifyMessageBegin,
+        Self::VerifyMessageNext,
+        Self::MessageVerifyFinal,
+        Self::InitToken2,
+        Self::DeriveKey2,
+    ];
+}
+
 /// One past the highest call id each generation knows (`P11_RPC_CALL_MAX`).
 pub(crate) const CALL_MAX_G024: u32 = 66;
 pub(crate) const CALL_MAX_G025: u32 = 89;
@@ -106,18 +388,13 @@ pub(crate) const CALL_MAX_G026: u32 = 90;
 
 /// Mechanisms p11-kit 0.24.1 treats as having no parameter (sorted).
 pub(crate) const NOPARAM_G024: [u64; 89] = [
-    0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7,
-    0x8, 0xa, 0xb, 0xc, 0x10, 0x11, 0x12, 0x20,
-    0x30, 0x40, 0x41, 0x42, 0x100, 0x101, 0x103, 0x110,
-    0x111, 0x120, 0x121, 0x123, 0x130, 0x131, 0x132, 0x134,
-    0x140, 0x141, 0x143, 0x200, 0x201, 0x210, 0x211, 0x220,
-    0x221, 0x230, 0x231, 0x240, 0x241, 0x250, 0x251, 0x260,
-    0x261, 0x270, 0x271, 0x300, 0x301, 0x303, 0x310, 0x311,
-    0x313, 0x320, 0x321, 0x330, 0x331, 0x333, 0x340, 0x341,
-    0x343, 0x350, 0x370, 0x374, 0x380, 0x381, 0x400, 0x1000,
-    0x1008, 0x1010, 0x1020, 0x1030, 0x1036, 0x1040, 0x1041, 0x1042,
-    0x1060, 0x1065, 0x1070, 0x1080, 0x1081, 0x1083, 0x2000, 0x2001,
-    0x2002,
+    0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xa, 0xb, 0xc, 0x10, 0x11, 0x12, 0x20, 0x30, 0x40,
+    0x41, 0x42, 0x100, 0x101, 0x103, 0x110, 0x111, 0x120, 0x121, 0x123, 0x130, 0x131, 0x132, 0x134,
+    0x140, 0x141, 0x143, 0x200, 0x201, 0x210, 0x211, 0x220, 0x221, 0x230, 0x231, 0x240, 0x241,
+    0x250, 0x251, 0x260, 0x261, 0x270, 0x271, 0x300, 0x301, 0x303, 0x310, 0x311, 0x313, 0x320,
+    0x321, 0x330, 0x331, 0x333, 0x340, 0x341, 0x343, 0x350, 0x370, 0x374, 0x380, 0x381, 0x400,
+    0x1000, 0x1008, 0x1010, 0x1020, 0x1030, 0x1036, 0x1040, 0x1041, 0x1042, 0x1060, 0x1065, 0x1070,
+    0x1080, 0x1081, 0x1083, 0x2000, 0x2001, 0x2002,
 ];
 /// Mechanisms with a parameter serializer in p11-kit 0.24.1 (sorted by type).
 pub(crate) const SERIALIZERS_G024: [(u64, ParamCodec); 2] = [
@@ -180,22 +457,16 @@ pub(crate) const ATTR_CLASSES_G024: [(u32, AttrClass); 50] = [
 
 /// Mechanisms p11-kit 0.25.5 treats as having no parameter (sorted).
 pub(crate) const NOPARAM_G025: [u64; 124] = [
-    0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7,
-    0x8, 0xa, 0xb, 0xc, 0x10, 0x11, 0x12, 0x20,
-    0x30, 0x40, 0x41, 0x42, 0x46, 0x48, 0x49, 0x4b,
-    0x4c, 0x4d, 0x4f, 0x50, 0x51, 0x53, 0x100, 0x101,
-    0x103, 0x110, 0x111, 0x120, 0x121, 0x123, 0x130, 0x131,
-    0x132, 0x134, 0x138, 0x140, 0x141, 0x143, 0x200, 0x201,
-    0x210, 0x211, 0x220, 0x221, 0x230, 0x231, 0x240, 0x241,
-    0x250, 0x251, 0x255, 0x256, 0x260, 0x261, 0x270, 0x271,
-    0x300, 0x301, 0x303, 0x310, 0x311, 0x313, 0x320, 0x321,
-    0x330, 0x331, 0x333, 0x340, 0x341, 0x343, 0x350, 0x370,
-    0x374, 0x380, 0x381, 0x392, 0x393, 0x394, 0x395, 0x396,
-    0x400, 0x1000, 0x1008, 0x1010, 0x1020, 0x1030, 0x1036, 0x1040,
-    0x1041, 0x1042, 0x1043, 0x1044, 0x1045, 0x1046, 0x1060, 0x1065,
-    0x1070, 0x1080, 0x1081, 0x1083, 0x108a, 0x2000, 0x2001, 0x2002,
-    0x80010001, 0x80010002, 0x80010003, 0x80010004, 0x80010007, 0x8001001c, 0x8001001f, 0x80010023,
-    0x80010025, 0x80010026, 0x80010027, 0x80010028,
+    0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xa, 0xb, 0xc, 0x10, 0x11, 0x12, 0x20, 0x30, 0x40,
+    0x41, 0x42, 0x46, 0x48, 0x49, 0x4b, 0x4c, 0x4d, 0x4f, 0x50, 0x51, 0x53, 0x100, 0x101, 0x103,
+    0x110, 0x111, 0x120, 0x121, 0x123, 0x130, 0x131, 0x132, 0x134, 0x138, 0x140, 0x141, 0x143,
+    0x200, 0x201, 0x210, 0x211, 0x220, 0x221, 0x230, 0x231, 0x240, 0x241, 0x250, 0x251, 0x255,
+    0x256, 0x260, 0x261, 0x270, 0x271, 0x300, 0x301, 0x303, 0x310, 0x311, 0x313, 0x320, 0x321,
+    0x330, 0x331, 0x333, 0x340, 0x341, 0x343, 0x350, 0x370, 0x374, 0x380, 0x381, 0x392, 0x393,
+    0x394, 0x395, 0x396, 0x400, 0x1000, 0x1008, 0x1010, 0x1020, 0x1030, 0x1036, 0x1040, 0x1041,
+    0x1042, 0x1043, 0x1044, 0x1045, 0x1046, 0x1060, 0x1065, 0x1070, 0x1080, 0x1081, 0x1083, 0x108a,
+    0x2000, 0x2001, 0x2002, 0x80010001, 0x80010002, 0x80010003, 0x80010004, 0x80010007, 0x8001001c,
+    0x8001001f, 0x80010023, 0x80010025, 0x80010026, 0x80010027, 0x80010028,
 ];
 /// Mechanisms with a parameter serializer in p11-kit 0.25.5 (sorted by type).
 pub(crate) const SERIALIZERS_G025: [(u64, ParamCodec); 40] = [
@@ -307,22 +578,16 @@ pub(crate) const ATTR_CLASSES_G025: [(u32, AttrClass); 61] = [
 
 /// Mechanisms p11-kit 0.26.4 treats as having no parameter (sorted).
 pub(crate) const NOPARAM_G026: [u64; 124] = [
-    0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7,
-    0x8, 0xa, 0xb, 0xc, 0x10, 0x11, 0x12, 0x20,
-    0x30, 0x40, 0x41, 0x42, 0x46, 0x48, 0x49, 0x4b,
-    0x4c, 0x4d, 0x4f, 0x50, 0x51, 0x53, 0x100, 0x101,
-    0x103, 0x110, 0x111, 0x120, 0x121, 0x123, 0x130, 0x131,
-    0x132, 0x134, 0x138, 0x140, 0x141, 0x143, 0x200, 0x201,
-    0x210, 0x211, 0x220, 0x221, 0x230, 0x231, 0x240, 0x241,
-    0x250, 0x251, 0x255, 0x256, 0x260, 0x261, 0x270, 0x271,
-    0x300, 0x301, 0x303, 0x310, 0x311, 0x313, 0x320, 0x321,
-    0x330, 0x331, 0x333, 0x340, 0x341, 0x343, 0x350, 0x370,
-    0x374, 0x380, 0x381, 0x392, 0x393, 0x394, 0x395, 0x396,
-    0x400, 0x1000, 0x1008, 0x1010, 0x1020, 0x1030, 0x1036, 0x1040,
-    0x1041, 0x1042, 0x1043, 0x1044, 0x1045, 0x1046, 0x1060, 0x1065,
-    0x1070, 0x1080, 0x1081, 0x1083, 0x108a, 0x2000, 0x2001, 0x2002,
-    0x80010001, 0x80010002, 0x80010003, 0x80010004, 0x80010007, 0x8001001c, 0x8001001f, 0x80010023,
-    0x80010025, 0x80010026, 0x80010027, 0x80010028,
+    0x0, 0x1, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xa, 0xb, 0xc, 0x10, 0x11, 0x12, 0x20, 0x30, 0x40,
+    0x41, 0x42, 0x46, 0x48, 0x49, 0x4b, 0x4c, 0x4d, 0x4f, 0x50, 0x51, 0x53, 0x100, 0x101, 0x103,
+    0x110, 0x111, 0x120, 0x121, 0x123, 0x130, 0x131, 0x132, 0x134, 0x138, 0x140, 0x141, 0x143,
+    0x200, 0x201, 0x210, 0x211, 0x220, 0x221, 0x230, 0x231, 0x240, 0x241, 0x250, 0x251, 0x255,
+    0x256, 0x260, 0x261, 0x270, 0x271, 0x300, 0x301, 0x303, 0x310, 0x311, 0x313, 0x320, 0x321,
+    0x330, 0x331, 0x333, 0x340, 0x341, 0x343, 0x350, 0x370, 0x374, 0x380, 0x381, 0x392, 0x393,
+    0x394, 0x395, 0x396, 0x400, 0x1000, 0x1008, 0x1010, 0x1020, 0x1030, 0x1036, 0x1040, 0x1041,
+    0x1042, 0x1043, 0x1044, 0x1045, 0x1046, 0x1060, 0x1065, 0x1070, 0x1080, 0x1081, 0x1083, 0x108a,
+    0x2000, 0x2001, 0x2002, 0x80010001, 0x80010002, 0x80010003, 0x80010004, 0x80010007, 0x8001001c,
+    0x8001001f, 0x80010023, 0x80010025, 0x80010026, 0x80010027, 0x80010028,
 ];
 /// Mechanisms with a parameter serializer in p11-kit 0.26.4 (sorted by type).
 pub(crate) const SERIALIZERS_G026: [(u64, ParamCodec); 43] = [

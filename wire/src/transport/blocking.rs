@@ -1,0 +1,425 @@
+//! A blocking client transport over a `std` Unix socket, for use inside host processes.
+//!
+//! - No threads and no runtime: the calling threads do all the I/O.
+//! - Many threads share one connection. Writes take a short lock (one frame or one batch per
+//!   `send`); replies are matched to requests by their code. Whichever waiting thread finds
+//!   the socket idle reads the next frame and hands it to its owner (leader/follower), so
+//!   replies may arrive in any order and several requests are in flight at once.
+//! - Writes use `MSG_NOSIGNAL`: a dead server is an error, never a SIGPIPE that kills the host
+//!   (stock p11-kit-client.so dies with status 141, rpc §8).
+//! - Every call has a deadline; a timeout or any transport error marks the connection broken,
+//!   and every later call fails fast with the same error class until the owner reconnects.
+//! - A reply whose code nobody waits for is kept (bounded), not waited on forever (rpc §2.3).
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustix::net::SendFlags;
+
+use crate::dialect::{Dialect, MAX_VERSION};
+use crate::error::{Error, ProtocolError, Result};
+use crate::frame::{self, CLIENT_OPTIONS, HEADER_LEN, Header, Limits};
+use crate::message::{Reply, Request};
+use crate::value::Arg;
+use crate::{CallId, Rv};
+
+/// First request code, as stock clients use (rpc §2.3).
+const FIRST_CODE: u32 = 0x10;
+/// Replies nobody claimed that we keep before declaring the peer broken.
+const MAX_UNCLAIMED: usize = 1024;
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Deadline for connecting, for the version exchange, and for each call's reply.
+    pub timeout: Duration,
+    /// The version we offer (2 unless testing).
+    pub offer: u8,
+    /// Caps on what the server may send.
+    pub limits: Limits,
+    /// The options string in every frame header.
+    pub options: Vec<u8>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            // Long enough for a PIN-pad login on a slow link; short enough not to hang forever.
+            timeout: Duration::from_secs(120),
+            offer: MAX_VERSION,
+            limits: Limits::DEFAULT,
+            options: CLIENT_OPTIONS.to_vec(),
+        }
+    }
+}
+
+/// Why a connection is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broken {
+    Closed,
+    Timeout,
+    Io,
+    Protocol,
+}
+
+impl Broken {
+    fn error(self) -> Error {
+        match self {
+            Self::Closed => Error::Closed,
+            Self::Timeout => Error::Timeout,
+            Self::Io => Error::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection failed earlier",
+            )),
+            Self::Protocol => Error::Protocol(ProtocolError::BadValue(
+                "stream (an earlier reply was malformed)",
+            )),
+        }
+    }
+
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::Closed => Self::Closed,
+            Error::Timeout => Self::Timeout,
+            Error::Protocol(_) => Self::Protocol,
+            _ => Self::Io,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ReadState {
+    /// A thread is reading from the socket right now.
+    reading: bool,
+    /// Replies read by another thread, by code.
+    arrived: HashMap<u32, Vec<u8>>,
+    broken: Option<Broken>,
+}
+
+/// A connection to a p11-kit RPC server.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    dialect: Dialect,
+    next_code: AtomicU32,
+    write: Mutex<()>,
+    read: Mutex<ReadState>,
+    ready: Condvar,
+    opts: Options,
+    pid: rustix::process::Pid,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn io_error(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => Error::Closed,
+        _ => Error::Io(e),
+    }
+}
+
+/// Write all of `buf` with `MSG_NOSIGNAL`.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> Result<()> {
+    while !buf.is_empty() {
+        match rustix::net::send(stream, buf, SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(Error::Closed),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(io_error(e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Exchange the version byte on a fresh stream: offer `offer`, return the server's answer.
+fn exchange_version(stream: &UnixStream, offer: u8) -> Result<u8> {
+    send_all(stream, &[offer])?;
+    let mut b = [0u8; 1];
+    (&*stream).read_exact(&mut b).map_err(io_error)?;
+    Ok(b[0])
+}
+
+fn open(path: &Path, timeout: Duration) -> Result<UnixStream> {
+    let stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+impl Connection {
+    /// Connect to the server at `path` and negotiate the protocol version: offer
+    /// `opts.offer`; if the server closes the connection (p11-kit 0.23, go-p11-kit), reconnect
+    /// and offer 0, as stock clients do (rpc §2.2).
+    pub fn connect(path: &Path, opts: Options) -> Result<Self> {
+        let stream = open(path, opts.timeout)?;
+        match exchange_version(&stream, opts.offer) {
+            Ok(v) => Ok(Self::with_version(stream, v.min(opts.offer), opts)),
+            Err(e @ (Error::Closed | Error::Io(_))) if opts.offer > 0 => {
+                tracing::debug!(cause = %e, "version exchange failed; retrying with version 0");
+                let stream = open(path, opts.timeout)?;
+                // Whatever a server answers to 0, version 0 it is.
+                exchange_version(&stream, 0)?;
+                Ok(Self::with_version(stream, 0, opts))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Use an already connected stream (e.g. one end of a socketpair); negotiates the version
+    /// without the reconnect fallback.
+    pub fn from_stream(stream: UnixStream, opts: Options) -> Result<Self> {
+        stream.set_read_timeout(Some(opts.timeout))?;
+        stream.set_write_timeout(Some(opts.timeout))?;
+        let v = exchange_version(&stream, opts.offer)?;
+        Ok(Self::with_version(stream, v.min(opts.offer), opts))
+    }
+
+    fn with_version(stream: UnixStream, version: u8, opts: Options) -> Self {
+        tracing::debug!(version, "negotiated protocol version");
+        Self {
+            stream,
+            dialect: Dialect::from_version(version),
+            next_code: AtomicU32::new(FIRST_CODE),
+            write: Mutex::new(()),
+            read: Mutex::new(ReadState::default()),
+            ready: Condvar::new(),
+            opts,
+            pid: rustix::process::getpid(),
+        }
+    }
+
+    /// The negotiated dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether the connection failed and must be replaced.
+    pub fn is_broken(&self) -> bool {
+        lock(&self.read).broken.is_some()
+    }
+
+    /// Whether this connection was opened by another process (we are a `fork()` child that
+    /// inherited it). Such a connection must not be used: the parent owns the stream.
+    pub fn is_inherited(&self) -> bool {
+        self.pid != rustix::process::getpid()
+    }
+
+    fn next_code(&self) -> u32 {
+        loop {
+            let c = self.next_code.fetch_add(1, Ordering::Relaxed);
+            // Code 0 is "invalid header values" to stock clients; never use it.
+            if c != 0 {
+                return c;
+            }
+        }
+    }
+
+    fn mark_broken(&self, st: &mut ReadState, why: Broken) {
+        if st.broken.is_none() {
+            st.broken = Some(why);
+            // Wake everyone: nobody will read their reply now. Shut the socket so the server
+            // sees us go.
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.ready.notify_all();
+    }
+
+    /// Read one frame from the socket (called by the thread that holds the reader role).
+    fn read_frame(&self) -> Result<(u32, Vec<u8>)> {
+        let mut h = [0u8; HEADER_LEN];
+        (&self.stream).read_exact(&mut h).map_err(io_error)?;
+        let header = Header::parse(&h, self.opts.limits)?;
+        let mut rest = vec![0u8; header.options_len as usize + header.body_len as usize];
+        (&self.stream).read_exact(&mut rest).map_err(io_error)?;
+        rest.drain(..header.options_len as usize);
+        Ok((header.code, rest))
+    }
+
+    /// Wait for the reply with `code`, reading frames for others as needed.
+    fn await_reply(&self, code: u32, deadline: Instant) -> Result<Vec<u8>> {
+        let mut st = lock(&self.read);
+        loop {
+            if let Some(body) = st.arrived.remove(&code) {
+                return Ok(body);
+            }
+            if let Some(b) = st.broken {
+                return Err(b.error());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.mark_broken(&mut st, Broken::Timeout);
+                return Err(Error::Timeout);
+            }
+            if st.reading {
+                st = self
+                    .ready
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            st.reading = true;
+            drop(st);
+            let got = self.read_frame();
+            st = lock(&self.read);
+            st.reading = false;
+            match got {
+                Ok((c, body)) if c == code => {
+                    self.ready.notify_all();
+                    return Ok(body);
+                }
+                Ok((c, body)) => {
+                    if st.arrived.len() >= MAX_UNCLAIMED {
+                        tracing::warn!("server sent too many replies nobody asked for");
+                        self.mark_broken(&mut st, Broken::Protocol);
+                        return Err(Broken::Protocol.error());
+                    }
+                    st.arrived.insert(c, body);
+                    self.ready.notify_all();
+                }
+                Err(e) => {
+                    self.mark_broken(&mut st, Broken::of(&e));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if let Some(b) = lock(&self.read).broken {
+            return Err(b.error());
+        }
+        Ok(())
+    }
+
+    fn encode(&self, req: &Request) -> Result<Vec<u8>> {
+        if !self.dialect.knows(req.call) {
+            // A 0.24 server drops the connection on ids it does not know (rpc §6).
+            return Err(Error::Unsupported {
+                what: "the server's p11-kit version does not implement this function",
+                rv: Rv(crate::consts::CKR_FUNCTION_NOT_SUPPORTED),
+            });
+        }
+        req.encode(self.dialect)
+    }
+
+    fn send(&self, frames: &[u8]) -> Result<()> {
+        let _w = lock(&self.write);
+        self.check_usable()?;
+        send_all(&self.stream, frames).inspect_err(|e| {
+            let mut st = lock(&self.read);
+            self.mark_broken(&mut st, Broken::of(e));
+        })
+    }
+
+    fn finish(&self, req: &Request, body: &[u8]) -> Result<Vec<Arg>> {
+        match Reply::decode(body, req.call, self.dialect, mechanism_of(req)) {
+            Ok(Reply::Ok { args, .. }) => Ok(args),
+            Ok(Reply::Error(rv)) => Err(Error::Rv { call: req.call, rv }),
+            Err(e) => {
+                // A reply we cannot parse leaves the stream in sync (we read the whole frame),
+                // but the server is not speaking our dialect: stop using it.
+                tracing::warn!(call = %req.call, cause = %e, "malformed reply");
+                let mut st = lock(&self.read);
+                self.mark_broken(&mut st, Broken::Protocol);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Send one request and wait for its reply. An ERROR reply becomes [`Error::Rv`].
+    pub fn call(&self, req: &Request) -> Result<Vec<Arg>> {
+        let body = self.encode(req)?;
+        let code = self.next_code();
+        let deadline = Instant::now() + self.opts.timeout;
+        self.send(&frame::encode(code, &self.opts.options, &body))?;
+        let reply = self.await_reply(code, deadline)?;
+        self.finish(req, &reply)
+    }
+
+    /// Pipeline: write all requests in one `send`, then collect every reply (one round trip).
+    ///
+    /// Stock servers handle a connection's requests in order, so a request may depend on the
+    /// effect of an earlier one in the same batch (e.g. `C_SignInit` then `C_Sign`). If a
+    /// request cannot be encoded for this server, nothing is sent.
+    pub fn call_batch(&self, reqs: &[Request]) -> Vec<Result<Vec<Arg>>> {
+        let mut wire = Vec::new();
+        let mut codes = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match self.encode(req) {
+                Ok(body) => {
+                    let code = self.next_code();
+                    wire.extend_from_slice(&frame::encode(code, &self.opts.options, &body));
+                    codes.push(code);
+                }
+                Err(e) => {
+                    let what = e.to_string();
+                    let rv = e.rv();
+                    return reqs
+                        .iter()
+                        .map(|_| {
+                            Err(Error::Unsupported {
+                                what: leak_reason(&what),
+                                rv,
+                            })
+                        })
+                        .collect();
+                }
+            }
+        }
+        let deadline = Instant::now() + self.opts.timeout;
+        if let Err(e) = self.send(&wire) {
+            let b = Broken::of(&e);
+            return reqs.iter().map(|_| Err(b.error())).collect();
+        }
+        reqs.iter()
+            .zip(codes)
+            .map(|(req, code)| {
+                self.await_reply(code, deadline)
+                    .and_then(|body| self.finish(req, &body))
+            })
+            .collect()
+    }
+
+    /// Close the connection (the server sees EOF).
+    pub fn close(&self) {
+        let mut st = lock(&self.read);
+        self.mark_broken(&mut st, Broken::Closed);
+    }
+}
+
+/// Static reasons only: the batch error path reuses a fixed message.
+fn leak_reason(_what: &str) -> &'static str {
+    "a request in the batch cannot be sent to this server"
+}
+
+fn mechanism_of(req: &Request) -> Option<u64> {
+    if req.call != CallId::DeriveKey2 {
+        return None;
+    }
+    req.args.iter().find_map(|a| match a {
+        Arg::Mechanism(Some(m)) => Some(m.ty),
+        _ => None,
+    })
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // In a fork child the parent still uses this socket: leave it alone.
+        if !self.is_inherited() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
