@@ -1,0 +1,118 @@
+# p11fwd: build, test, demo and install.
+#
+#   make deps      install the Debian 12 packages the tests and the demo need (as root)
+#   make build     cargo build --workspace
+#   make test      deps, fmt check, clippy, build, tests (cargo-nextest if present)
+#   make demo      deps, build, scripts/demo.sh
+#   make dist      release build laid out as an install tree in dist/
+#   make install   install that tree under $(PREFIX) (default /usr/local)
+#   make clean
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+DATADIR ?= $(PREFIX)/share
+DESTDIR ?=
+DIST ?= dist
+
+# Same rule as cargo: CARGO_TARGET_DIR, else ./target.
+TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
+RELEASE_DIR := $(TARGET_DIR)/release
+
+# Everything the tests and the demo drive: the token side (SoftHSM, stock p11-kit server and
+# client), the peers (pkcs11-tool, GnuTLS, NSS, OpenSSL engine, OpenSSH, curl), and the build
+# needs of the openssl-sys based crates.
+DEB_PACKAGES := \
+	ca-certificates \
+	gcc \
+	libc6-dev \
+	pkg-config \
+	libssl-dev \
+	openssl \
+	softhsm2 \
+	p11-kit \
+	p11-kit-modules \
+	opensc \
+	opensc-pkcs11 \
+	gnutls-bin \
+	libnss3-tools \
+	libengine-pkcs11-openssl \
+	openssh-server \
+	openssh-client \
+	curl \
+	python3 \
+	valgrind
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+
+.PHONY: all deps build test check-fmt clippy nextest demo dist install uninstall clean
+
+all: build
+
+# apt only runs when a package is missing, so repeated runs are fast.
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Abbrev}' "$$p" 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing$$missing"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); \
+	else \
+		echo "make deps: all Debian packages present"; \
+	fi
+
+build:
+	$(CARGO) build --workspace
+
+check-fmt:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The tests need the built binaries and cdylibs (tests/src/artifacts.rs), hence `build` first.
+nextest: build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --workspace"; \
+		$(CARGO) nextest run --workspace; \
+	else \
+		echo "cargo-nextest not found, using cargo test"; \
+		echo "$(CARGO) test --workspace"; \
+		$(CARGO) test --workspace; \
+	fi
+
+test: deps
+	$(MAKE) --no-print-directory check-fmt
+	$(MAKE) --no-print-directory clippy
+	$(MAKE) --no-print-directory nextest
+
+demo: deps build
+	./scripts/demo.sh
+
+dist:
+	$(CARGO) build --workspace --release
+	rm -rf $(DIST)
+	install -D -m 0755 $(RELEASE_DIR)/p11fwd $(DIST)/bin/p11fwd
+	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_provider.so $(DIST)/lib/ossl-modules/p11fwd.so
+	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_client.so $(DIST)/lib/pkcs11/p11fwd-client.so
+	install -d $(DIST)/share/p11fwd
+	@echo "install tree in $(DIST)/:"; find $(DIST) | sort
+
+install: dist
+	install -D -m 0755 $(DIST)/bin/p11fwd $(DESTDIR)$(BINDIR)/p11fwd
+	install -D -m 0755 $(DIST)/lib/ossl-modules/p11fwd.so $(DESTDIR)$(LIBDIR)/ossl-modules/p11fwd.so
+	install -D -m 0755 $(DIST)/lib/pkcs11/p11fwd-client.so $(DESTDIR)$(LIBDIR)/pkcs11/p11fwd-client.so
+	install -d $(DESTDIR)$(DATADIR)/p11fwd
+	@if [ -n "$$(ls -A $(DIST)/share/p11fwd)" ]; then cp -R $(DIST)/share/p11fwd/. $(DESTDIR)$(DATADIR)/p11fwd/; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/p11fwd $(DESTDIR)$(LIBDIR)/ossl-modules/p11fwd.so \
+		$(DESTDIR)$(LIBDIR)/pkcs11/p11fwd-client.so
+	rm -rf $(DESTDIR)$(DATADIR)/p11fwd
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DIST)
