@@ -1,0 +1,33 @@
+//! libcrypto functions that openssl-sys 0.9 does not declare (checked against 0.9.118).
+//!
+//! Declarations only, all present in OpenSSL 3.0.0 and later; the prototypes are copied from
+//! `openssl/params.h` (3.0.19). Add a function here only when openssl-sys lacks it.
+
+use core::ffi::{c_char, c_int, c_uint, c_void};
+
+use openssl_sys::OSSL_PARAM;
+
+unsafe extern "C" {
+    // --- typed OSSL_PARAM getters (params.h) ---
+    pub fn OSSL_PARAM_get_int(p: *const OSSL_PARAM, val: *mut c_int) -> c_int;
+    pub fn OSSL_PARAM_get_uint(p: *const OSSL_PARAM, val: *mut c_uint) -> c_int;
+    pub fn OSSL_PARAM_get_int64(p: *const OSSL_PARAM, val: *mut i64) -> c_int;
+    pub fn OSSL_PARAM_get_uint64(p: *const OSSL_PARAM, val: *mut u64) -> c_int;
+    pub fn OSSL_PARAM_get_size_t(p: *const OSSL_PARAM, val: *mut usize) -> c_int;
+
+    // --- typed OSSL_PARAM setters (params.h) ---
+    pub fn OSSL_PARAM_set_int(p: *mut OSSL_PARAM, val: c_int) -> c_int;
+    pub fn OSSL_PARAM_set_uint(p: *mut OSSL_PARAM, val: c_uint) -> c_int;
+    pub fn OSSL_PARAM_set_int64(p: *mut OSSL_PARAM, val: i64) -> c_int;
+    pub fn OSSL_PARAM_set_uint64(p: *mut OSSL_PARAM, val: u64) -> c_int;
+    pub fn OSSL_PARAM_set_size_t(p: *mut OSSL_PARAM, val: usize) -> c_int;
+    pub fn OSSL_PARAM_set_utf8_string(p: *mut OSSL_PARAM, val: *const c_char) -> c_int;
+    pub fn OSSL_PARAM_set_utf8_ptr(p: *mut OSSL_PARAM, val: *const c_char) -> c_int;
+    pub fn OSSL_PARAM_set_octet_string(p: *mut OSSL_PARAM, val: *const c_void, len: usize)
+    -> c_int;
+    pub fn OSSL_PARAM_set_octet_ptr(
+        p: *mut OSSL_PARAM,
+        val: *const c_void,
+        used_len: usize,
+    ) -> c_int;
+}
