@@ -64,6 +64,13 @@ pub enum Error {
     )]
     PinCommandUnsupported,
 
+    /// No terminal to ask for a PIN on, or reading from it failed.
+    #[error("cannot ask for a PIN: {reason}")]
+    PinPrompt {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A `pin-source` value that names no file.
     #[error("invalid pin-source: {reason}")]
     InvalidPinSource {

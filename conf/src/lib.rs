@@ -30,3 +30,4 @@ mod percent;
 
 pub use error::Error;
 pub use uri::{LibraryView, ObjectClass, ObjectView, Pkcs11Uri, SlotView, TokenView};
+pub use zeroize::Zeroizing;

@@ -10,11 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// Reading from or writing to the socket failed.
+    // The cause is in the message, not in `source()`, so error chains do not print it twice.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer sent something that is not valid p11-kit RPC.
     #[error("protocol error: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     /// The call reached the module, which returned this CK_RV.
     #[error("{call} failed: {rv}")]
     Rv {
@@ -40,6 +41,18 @@ pub enum Error {
     /// The caller passed a value that cannot be encoded at all.
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Self::Protocol(e)
+    }
 }
 
 impl Error {
