@@ -150,6 +150,59 @@ pub fn resolve_pin(uri: &Pkcs11Uri) -> Result<Option<Zeroizing<String>>, Error> 
     uri.pin_source().map(read_pin_source).transpose()
 }
 
+/// Ask for a PIN on the controlling terminal (`/dev/tty`), with echo off.
+///
+/// `prompt` is written to the terminal, not to stdout, so the command's output stays clean. A
+/// process without a controlling terminal gets [`Error::PinPrompt`]: daemons must use a
+/// `pin-source` instead.
+pub fn prompt_tty(prompt: &str) -> Result<Zeroizing<String>, Error> {
+    use std::io::Write;
+
+    use rustix::termios::{self, LocalModes, OptionalActions};
+
+    let fail = |what: &str, e: std::io::Error| Error::PinPrompt {
+        reason: format!("{what}: {e}"),
+    };
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| fail("no terminal (/dev/tty)", e))?;
+    let saved = termios::tcgetattr(&tty).map_err(|e| fail("not a terminal", e.into()))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    termios::tcsetattr(&tty, OptionalActions::Flush, &quiet)
+        .map_err(|e| fail("terminal", e.into()))?;
+    let result = (|| {
+        tty.write_all(prompt.as_bytes())
+            .map_err(|e| fail("terminal", e))?;
+        tty.flush().map_err(|e| fail("terminal", e))?;
+        let mut line = Zeroizing::new(Vec::new());
+        let mut byte = [0u8; 1];
+        loop {
+            match tty.read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) if line.len() < MAX_PIN_LINE => line.push(byte[0]),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail("reading the terminal", e)),
+            }
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| Error::PinPrompt {
+            reason: "the PIN is not UTF-8".into(),
+        })?;
+        Ok(Zeroizing::new(text.to_owned()))
+    })();
+    // Restore echo whatever happened.
+    let _ = termios::tcsetattr(&tty, OptionalActions::Flush, &saved);
+    result
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests unwrap: a panic is a test failure.
 mod tests {
@@ -282,57 +335,4 @@ mod tests {
             Some("4321")
         );
     }
-}
-
-/// Ask for a PIN on the controlling terminal (`/dev/tty`), with echo off.
-///
-/// `prompt` is written to the terminal, not to stdout, so the command's output stays clean. A
-/// process without a controlling terminal gets [`Error::PinPrompt`]: daemons must use a
-/// `pin-source` instead.
-pub fn prompt_tty(prompt: &str) -> Result<Zeroizing<String>, Error> {
-    use std::io::Write;
-
-    use rustix::termios::{self, LocalModes, OptionalActions};
-
-    let fail = |what: &str, e: std::io::Error| Error::PinPrompt {
-        reason: format!("{what}: {e}"),
-    };
-    let mut tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .map_err(|e| fail("no terminal (/dev/tty)", e))?;
-    let saved = termios::tcgetattr(&tty).map_err(|e| fail("not a terminal", e.into()))?;
-    let mut quiet = saved.clone();
-    quiet.local_modes.remove(LocalModes::ECHO);
-    quiet.local_modes.insert(LocalModes::ECHONL);
-    termios::tcsetattr(&tty, OptionalActions::Flush, &quiet)
-        .map_err(|e| fail("terminal", e.into()))?;
-    let result = (|| {
-        tty.write_all(prompt.as_bytes())
-            .map_err(|e| fail("terminal", e))?;
-        tty.flush().map_err(|e| fail("terminal", e))?;
-        let mut line = Zeroizing::new(Vec::new());
-        let mut byte = [0u8; 1];
-        loop {
-            match tty.read(&mut byte) {
-                Ok(0) => break,
-                Ok(_) if byte[0] == b'\n' => break,
-                Ok(_) if line.len() < MAX_PIN_LINE => line.push(byte[0]),
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(fail("reading the terminal", e)),
-            }
-        }
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        let text = std::str::from_utf8(&line).map_err(|_| Error::PinPrompt {
-            reason: "the PIN is not UTF-8".into(),
-        })?;
-        Ok(Zeroizing::new(text.to_owned()))
-    })();
-    // Restore echo whatever happened.
-    let _ = termios::tcsetattr(&tty, OptionalActions::Flush, &saved);
-    result
 }
