@@ -1,3 +1,20 @@
 //! The forwarder (`p11fwd server`) and the command-line tools of the `p11fwd` binary.
+//!
+//! - [`module`]: loading PKCS#11 modules and a safe interface to their function lists (all the
+//!   module `unsafe` is in `module/ffi.rs`).
+//! - [`state`]: what is shared between connections (token logins, session objects) and each
+//!   connection's own view (virtual slots, sessions and object handles).
+//! - `dispatch`: one handler per RPC call.
+//! - [`server`]: the accept loop, per-connection lanes and shutdown ([`server::run`]).
+//! - [`cli`]: `p11fwd server`, the command line of `p11-kit server`.
+//! - [`daemon`]: fork and socket activation (the only other `unsafe`).
 
+pub mod cli;
+pub mod daemon;
+mod dispatch;
 pub mod list;
+pub mod module;
+pub mod server;
+pub mod state;
+
+pub use dispatch::{HANDSHAKE, library_info};

@@ -1,0 +1,364 @@
+//! `p11fwd server`: the command line of `p11-kit server` (rpc §7.1), socket setup, daemonizing
+//! and signals around [`crate::server::run`].
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use p11fwd_conf::Pkcs11Uri;
+use p11fwd_conf::discovery::{
+    ProcessEnvironment, ServerAddress, default_server_socket, format_unix_address,
+};
+use p11fwd_conf::shell::{ShellSyntax, kill_snippet, start_snippet};
+use tracing::{info, warn};
+
+use crate::daemon::{self, Forked};
+use crate::module::{Module, registry};
+use crate::server::{self, Config};
+use crate::state::Shared;
+
+/// Arguments of `p11fwd server` (the options of `p11-kit server`).
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// The PKCS#11 module to serve: a path, or a module name (registered with p11-kit, or a
+    /// file in p11-kit's module directory). Default: every module registered with p11-kit.
+    #[arg(short = 'p', long = "provider", value_name = "MODULE")]
+    pub provider: Option<String>,
+    /// The socket: a path or `unix:path=PATH`. Default: `$XDG_RUNTIME_DIR/p11-kit/pkcs11-<pid>`.
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f', long = "foreground")]
+    pub foreground: bool,
+    /// Stop the server named by `$P11_KIT_SERVER_PID` and print commands to unset the variables.
+    #[arg(short = 'k', long = "kill")]
+    pub kill: bool,
+    /// Print Bourne shell commands.
+    #[arg(short = 's', long = "sh", conflicts_with = "csh")]
+    pub sh: bool,
+    /// Print C shell commands.
+    #[arg(short = 'c', long = "csh")]
+    pub csh: bool,
+    /// Also let this user (name or uid) connect; the socket is given to them.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Also let members of this group (name or gid) connect; the socket is given to it.
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Exit after this many seconds without connections.
+    #[arg(short = 't', long = "timeout", value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Log every forwarded call (function, session, CK_RV, duration, sizes; never values).
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Accepted for compatibility with `p11-kit server`.
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+    /// The tokens to serve (`pkcs11:` URIs, e.g. `pkcs11:token=mine`; `pkcs11:` is every token).
+    #[arg(value_name = "URI")]
+    pub uris: Vec<String>,
+}
+
+fn syntax(args: &ServerArgs) -> ShellSyntax {
+    let explicit = if args.csh {
+        Some(ShellSyntax::Csh)
+    } else if args.sh {
+        Some(ShellSyntax::Sh)
+    } else {
+        None
+    };
+    ShellSyntax::resolve(explicit, std::env::var_os("SHELL").as_deref())
+}
+
+/// A user or group given by name or number, looked up in `/etc/passwd` or `/etc/group`.
+fn lookup_id(db: &str, name: &str) -> Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    let text = std::fs::read_to_string(db).with_context(|| format!("reading {db}"))?;
+    for line in text.lines() {
+        let mut f = line.split(':');
+        if f.next() == Some(name) {
+            if let Some(id) = f.nth(1).and_then(|id| id.parse().ok()) {
+                return Ok(id);
+            }
+        }
+    }
+    bail!("no {name:?} in {db}")
+}
+
+fn init_logging(verbose: bool) {
+    let filter = std::env::var("P11FWD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| {
+            if verbose {
+                "info,p11fwd_forwarder=debug,p11fwd::call=debug".to_owned()
+            } else {
+                "warn".to_owned()
+            }
+        });
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .try_init();
+}
+
+/// The modules to serve.
+fn load_modules(provider: Option<&str>) -> Result<Vec<Arc<Module>>> {
+    if let Some(p) = provider {
+        let r = registry::resolve_provider(p).with_context(|| {
+            format!(
+                "module {p:?} not found (give a path, a registered module name, or a file in {})",
+                registry::module_dir().display()
+            )
+        })?;
+        let m = Module::load(&r.name, &r.path, r.init_reserved.as_deref())?;
+        return Ok(vec![Arc::new(m)]);
+    }
+    let mut out = Vec::new();
+    for r in registry::registered() {
+        if !r.enabled {
+            info!(module = %r.name, "disabled for p11fwd in its config");
+            continue;
+        }
+        match Module::load(&r.name, &r.path, r.init_reserved.as_deref()) {
+            Ok(m) => out.push(Arc::new(m)),
+            Err(e) => warn!(module = %r.name, cause = %e, "skipping module"),
+        }
+    }
+    if out.is_empty() {
+        bail!("no usable PKCS#11 module is registered with p11-kit (use --provider)");
+    }
+    Ok(out)
+}
+
+/// Where to listen.
+enum Socket {
+    /// A socket we created at this path (removed on exit); `dir` if we created its directory.
+    Bound {
+        listener: StdListener,
+        path: PathBuf,
+        dir: Option<PathBuf>,
+    },
+    /// A socket passed by systemd.
+    Activated(StdListener),
+}
+
+fn bind(args: &ServerArgs, uid: Option<u32>, gid: Option<u32>) -> Result<Socket> {
+    if let Some(fd) = daemon::listen_fd().map_err(anyhow::Error::msg)? {
+        return Ok(Socket::Activated(StdListener::from(fd)));
+    }
+    let (path, dir) = match &args.name {
+        Some(name) => match ServerAddress::from_server_name(name)? {
+            ServerAddress::Unix(p) => (p, None),
+            _ => bail!("only unix sockets are supported: {name:?}"),
+        },
+        None => {
+            let p = default_server_socket(&ProcessEnvironment, std::process::id())?;
+            let dir = p.parent().map(Path::to_path_buf);
+            if let Some(d) = &dir {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+            }
+            (p, dir)
+        }
+    };
+    let path = if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    // Like p11-kit, replace whatever is at the path.
+    let _ = std::fs::remove_file(&path);
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = StdListener::bind(&path);
+    rustix::process::umask(old);
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    if uid.is_some() || gid.is_some() {
+        rustix::fs::chown(
+            &path,
+            uid.map(rustix::process::Uid::from_raw),
+            gid.map(rustix::process::Gid::from_raw),
+        )
+        .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(Socket::Bound {
+        listener,
+        path,
+        dir,
+    })
+}
+
+async fn signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn serve(listener: StdListener, shared: Arc<Shared>, config: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("p11fwd")
+        .build()?;
+    rt.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        server::run(listener, shared, config, signals()).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Run `p11fwd server`.
+pub fn run(args: ServerArgs) -> Result<ExitCode> {
+    let syntax = syntax(&args);
+    if args.kill {
+        let pid = std::env::var("P11_KIT_SERVER_PID").context("P11_KIT_SERVER_PID is not set")?;
+        let pid: i32 = pid.trim().parse().context("bad P11_KIT_SERVER_PID")?;
+        let pid = rustix::process::Pid::from_raw(pid).context("bad P11_KIT_SERVER_PID")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+            .with_context(|| format!("cannot signal process {}", pid.as_raw_nonzero()))?;
+        print!("{}", kill_snippet(syntax));
+        std::io::stdout().flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.uris.is_empty() {
+        bail!(
+            "no token URI given (for example `pkcs11:token=mytoken`; `pkcs11:` serves every token)"
+        );
+    }
+    let uris = args
+        .uris
+        .iter()
+        .map(|u| Pkcs11Uri::parse(u).with_context(|| format!("bad URI {u:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    init_logging(args.verbose);
+    let uid = args
+        .user
+        .as_deref()
+        .map(|u| lookup_id("/etc/passwd", u))
+        .transpose()?;
+    let gid = args
+        .group
+        .as_deref()
+        .map(|g| lookup_id("/etc/group", g))
+        .transpose()?;
+    let config = Config {
+        allowed_uids: uid.into_iter().collect(),
+        allowed_gids: gid.into_iter().collect(),
+        idle_timeout: args.timeout.map(Duration::from_secs),
+        ..Config::default()
+    };
+    let socket = bind(&args, uid, gid)?;
+    let (listener, cleanup) = match socket {
+        Socket::Bound {
+            listener,
+            path,
+            dir,
+        } => (listener, Some((path, dir))),
+        Socket::Activated(l) => (l, None),
+    };
+    let address = match (&cleanup, &args.name) {
+        (Some((path, _)), _) => format_unix_address(path),
+        (None, Some(name)) => match ServerAddress::from_server_name(name)? {
+            ServerAddress::Unix(p) => format_unix_address(&p),
+            other => format!("{other}"),
+        },
+        (None, None) => String::new(),
+    };
+    let remove = |cleanup: &Option<(PathBuf, Option<PathBuf>)>| {
+        if let Some((path, dir)) = cleanup {
+            let _ = std::fs::remove_file(path);
+            if let Some(d) = dir {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    };
+
+    if args.foreground {
+        let modules = match load_modules(args.provider.as_deref()) {
+            Ok(m) => m,
+            Err(e) => {
+                remove(&cleanup);
+                return Err(e);
+            }
+        };
+        if !address.is_empty() {
+            print!("{}", start_snippet(syntax, &address, std::process::id()));
+            std::io::stdout().flush()?;
+        }
+        let shared = Arc::new(Shared::new(modules, uris));
+        let r = serve(listener, shared, config);
+        remove(&cleanup);
+        r?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // Daemon: fork before any thread exists; the child reports over a pipe whether its modules
+    // loaded, so that errors still reach the user's terminal.
+    let (mut ready_r, mut ready_w) = std::io::pipe()?;
+    match daemon::fork()? {
+        Forked::Parent(child) => {
+            drop(ready_w);
+            let mut msg = String::new();
+            let _ = ready_r.read_to_string(&mut msg);
+            if msg == "ok" {
+                print!("{}", start_snippet(syntax, &address, child));
+                std::io::stdout().flush()?;
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "p11fwd: {}",
+                    if msg.is_empty() {
+                        "the server failed to start"
+                    } else {
+                        &msg
+                    }
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Forked::Child => {
+            drop(ready_r);
+            let _ = rustix::process::setsid();
+            let modules = match load_modules(args.provider.as_deref()) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = write!(ready_w, "{e:#}");
+                    remove(&cleanup);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let devnull = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            rustix::stdio::dup2_stdin(&devnull)?;
+            rustix::stdio::dup2_stdout(&devnull)?;
+            let _ = ready_w.write_all(b"ok");
+            drop(ready_w);
+            let shared = Arc::new(Shared::new(modules, uris));
+            let r = serve(listener, shared, config);
+            remove(&cleanup);
+            r?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
