@@ -152,6 +152,9 @@ if len(sys.argv) > 2 and sys.argv[2] == "consts":
         "CKF_END_OF_MESSAGE": "0x1",
         "CKG_MGF1_SHA224": "0x5", "CKG_MGF1_SHA384": "0x3",
         "CKD_NULL": "0x1", "CKZ_DATA_SPECIFIED": "0x1",
+        "CKS_RO_PUBLIC_SESSION": "0x0", "CKS_RO_USER_FUNCTIONS": "0x1",
+        "CKS_RW_PUBLIC_SESSION": "0x2", "CKS_RW_USER_FUNCTIONS": "0x3", "CKS_RW_SO_FUNCTIONS": "0x4",
+        "CKC_X_509": "0x0", "CKO_DATA": "0x0", "CKK_RSA": "0x0",
     }
     # vendor mechanisms p11-kit serializes (from its pkcs11x.h)
     vendor = [(n, v) for n, v, _ in tables["0.26.4"]["serializers"]] + tables["0.26.4"]["noparam"]

@@ -921,6 +921,7 @@ pub const CKF_OS_LOCKING_OK: u64 = 0x2;
 pub const CKF_NEXT_OTP: u64 = 0x1;
 pub const CKF_INTERFACE_FORK_SAFE: u64 = 0x1;
 pub const CKF_END_OF_MESSAGE: u64 = 0x1;
+pub const CKS_RO_USER_FUNCTIONS: u64 = 0x1;
 pub const CKM_IBM_ECDSA_OTHER: u64 = 0x80010031;
 pub const CKM_IBM_BTC_DERIVE: u64 = 0x80070001;
 pub const CKM_IBM_KYBER: u64 = 0x80010024;

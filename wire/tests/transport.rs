@@ -1,0 +1,220 @@
+//! The blocking transport against scripted servers: out-of-order replies, replies nobody asked
+//! for, silence, early close and hostile lengths (rpc §2.3, §12 client rules 5 and 6).
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use p11fwd_wire::client::{Client, req};
+use p11fwd_wire::frame::{self, Limits};
+use p11fwd_wire::transport::blocking::{Connection, Options};
+use p11fwd_wire::value::UlongArray;
+use p11fwd_wire::{Arg, CallId, Dialect, Error, Reply, Request};
+
+/// A scripted server: accepts one connection, answers the version byte with `answer`, then runs
+/// `script` on the stream.
+fn serve(
+    answer: u8,
+    script: impl FnOnce(UnixStream) + Send + 'static,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut b = [0u8];
+        s.read_exact(&mut b).unwrap();
+        s.write_all(&[answer]).unwrap();
+        script(s);
+    });
+    (dir, path)
+}
+
+/// Reads request frames, keeping bytes that arrived with an earlier frame (pipelining).
+#[derive(Default)]
+struct Frames(Vec<u8>);
+
+impl Frames {
+    fn next(&mut self, s: &mut UnixStream) -> Option<(u32, Request)> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((f, n)) = frame::parse(&self.0, Limits::DEFAULT).unwrap() {
+                self.0.drain(..n);
+                return Some((f.code, Request::decode(&f.body, Dialect::V2).unwrap()));
+            }
+            let n = s.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.0.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn read_frame(s: &mut UnixStream) -> Option<(u32, Request)> {
+    Frames::default().next(s)
+}
+
+fn reply(s: &mut UnixStream, code: u32, call: CallId, args: Vec<Arg>) {
+    let body = Reply::Ok { call, args }.encode(Dialect::V2, None).unwrap();
+    s.write_all(&frame::encode(code, &[], &body)).unwrap();
+}
+
+fn slot_list_reply(s: &mut UnixStream, code: u32, slot: u64) {
+    reply(
+        s,
+        code,
+        CallId::GetSlotList,
+        vec![Arg::UlongArray(UlongArray::Data(vec![slot]))],
+    );
+}
+
+fn opts(timeout_ms: u64) -> Options {
+    Options {
+        timeout: Duration::from_millis(timeout_ms),
+        ..Options::default()
+    }
+}
+
+#[test]
+fn pipelined_replies_in_reverse_order_reach_their_requests() {
+    let (_d, path) = serve(2, |mut s| {
+        let mut frames = Frames::default();
+        let mut pending = Vec::new();
+        for _ in 0..3 {
+            pending.push(frames.next(&mut s).unwrap());
+        }
+        for (i, (code, _)) in pending.iter().enumerate().rev() {
+            slot_list_reply(&mut s, *code, 0x100 + i as u64);
+        }
+    });
+    let conn = Connection::connect(&path, opts(5000)).unwrap();
+    assert_eq!(conn.dialect(), Dialect::V2);
+    let reqs: Vec<_> = (0..3)
+        .map(|_| req::get_slot_list(true, p11fwd_wire::client::OutCap::Buffer(4)))
+        .collect();
+    let results = conn.call_batch(&reqs);
+    for (i, r) in results.into_iter().enumerate() {
+        assert_eq!(
+            r.unwrap(),
+            vec![Arg::UlongArray(UlongArray::Data(vec![0x100 + i as u64]))]
+        );
+    }
+}
+
+#[test]
+fn threads_get_their_own_replies_when_the_server_answers_out_of_order() {
+    let (_d, path) = serve(2, |mut s| {
+        // Collect 8 requests from 8 threads, answer them last-in first-out, echoing the slot
+        // each asked about so the test can check the pairing.
+        let mut frames = Frames::default();
+        let mut pending = Vec::new();
+        for _ in 0..8 {
+            pending.push(frames.next(&mut s).unwrap());
+        }
+        while let Some((code, r)) = pending.pop() {
+            let Arg::Ulong(slot) = r.args[0] else {
+                panic!()
+            };
+            let body = Reply::Ok {
+                call: CallId::GetMechanismList,
+                args: vec![Arg::UlongArray(UlongArray::Data(vec![slot * 2]))],
+            }
+            .encode(Dialect::V2, None)
+            .unwrap();
+            s.write_all(&frame::encode(code, &[], &body)).unwrap();
+        }
+    });
+    let client = Arc::new(Client::connect(&path, opts(5000)).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|i| {
+            let c = client.clone();
+            std::thread::spawn(move || {
+                let out = c
+                    .get_mechanism_list(i, p11fwd_wire::client::OutCap::Buffer(4))
+                    .unwrap();
+                assert_eq!(out, p11fwd_wire::client::UlongOutput::Data(vec![i * 2]));
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn a_reply_nobody_asked_for_does_not_hang_the_client() {
+    let (_d, path) = serve(0, |mut s| {
+        let (code, _) = read_frame(&mut s).unwrap();
+        slot_list_reply(&mut s, 0xdead_beef, 1); // stock clients wait forever after this
+        slot_list_reply(&mut s, code, 7);
+    });
+    let client = Client::connect(&path, opts(5000)).unwrap();
+    assert_eq!(client.dialect(), Dialect::V0);
+    assert_eq!(
+        client
+            .get_slot_list(true, p11fwd_wire::client::OutCap::Buffer(4))
+            .unwrap(),
+        p11fwd_wire::client::UlongOutput::Data(vec![7])
+    );
+}
+
+#[test]
+fn a_silent_server_times_out_and_breaks_the_connection() {
+    let (_d, path) = serve(2, |mut s| {
+        let _ = read_frame(&mut s);
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let client = Client::connect(&path, opts(300)).unwrap();
+    let t = Instant::now();
+    let err = client.get_info().unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(client.connection().is_broken());
+    // Later calls fail fast, with a device error for PKCS#11 callers.
+    let t = Instant::now();
+    assert_eq!(
+        client.get_info().unwrap_err().rv().0,
+        p11fwd_wire::consts::CKR_DEVICE_ERROR
+    );
+    assert!(t.elapsed() < Duration::from_millis(100));
+}
+
+#[test]
+fn a_server_that_dies_mid_frame_is_an_error_not_a_hang() {
+    let (_d, path) = serve(2, |mut s| {
+        let (code, _) = read_frame(&mut s).unwrap();
+        s.write_all(&code.to_be_bytes()).unwrap();
+        s.write_all(&[0, 0, 0, 0, 0, 0, 0x10]).unwrap(); // header cut short, then EOF
+    });
+    let client = Client::connect(&path, opts(5000)).unwrap();
+    let err = client.get_info().unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err:?}");
+    // Writing to the dead peer is an error too (MSG_NOSIGNAL: no SIGPIPE).
+    assert!(client.get_info().is_err());
+}
+
+#[test]
+fn hostile_lengths_are_refused_before_allocating() {
+    let (_d, path) = serve(2, |mut s| {
+        let (code, _) = read_frame(&mut s).unwrap();
+        let mut h = code.to_be_bytes().to_vec();
+        h.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xf0]);
+        s.write_all(&h).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    let client = Client::connect(&path, opts(5000)).unwrap();
+    let err = client.get_info().unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+}
+
+#[test]
+fn a_version_answer_above_the_offer_is_clamped() {
+    // Stock clients accept any answer (rpc §2.2); we never use more than we offered.
+    let (_d, path) = serve(7, |_| std::thread::sleep(Duration::from_millis(200)));
+    let conn = Connection::connect(&path, opts(5000)).unwrap();
+    assert_eq!(conn.dialect(), Dialect::V2);
+}
