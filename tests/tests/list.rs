@@ -2,6 +2,8 @@
 //! shown, each with a URI that resolves back to exactly that object, both in `p11fwd list`
 //! itself and in GnuTLS's independent URI matcher (`p11tool`).
 
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;

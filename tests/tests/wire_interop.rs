@@ -2,6 +2,8 @@
 //! 0.24.1 (protocol version 0) in front of SoftHSM: every group of calls a client needs, checked
 //! against the token, and signatures checked by `openssl` with the fixture's public keys.
 
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
