@@ -1,0 +1,355 @@
+//! Every kind of mechanism parameter through `p11fwd server` with wire's client at v2 (and
+//! what v0 can carry), plus the attribute size queries stock servers get wrong.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{Fwd, find_one, rv_of, session};
+use p11fwd_tests::{Key, TestToken, run_ok};
+use p11fwd_wire::CallId;
+use p11fwd_wire::client::{Client, OutCap, Output};
+use p11fwd_wire::consts::*;
+use p11fwd_wire::value::{AttrSlot, Attribute, MechParam, Mechanism, Value};
+
+fn data(o: Output) -> Vec<u8> {
+    o.into_data(CallId::Sign).unwrap()
+}
+
+fn logged_in(fwd: &Fwd, token: &TestToken, offer: u8) -> (Client, u64) {
+    let c = fwd.client(offer);
+    let s = session(&c);
+    c.login(s, CKU_USER, Some(token.user_pin().as_bytes()))
+        .unwrap();
+    (c, s)
+}
+
+fn sign_verify(c: &Client, s: u64, label: &str, mech: Mechanism, msg: &[u8]) -> Vec<u8> {
+    let key = find_one(c, s, label, CKO_PRIVATE_KEY);
+    let public = find_one(c, s, label, CKO_PUBLIC_KEY);
+    c.sign_init(s, Some(mech.clone()), key).unwrap();
+    let size = match c.sign(s, msg, OutCap::Query).unwrap() {
+        Output::Size(n) => n,
+        o => panic!("size query gave {o:?}"),
+    };
+    let sig = data(c.sign(s, msg, OutCap::Buffer(size)).unwrap());
+    c.verify_init(s, Some(mech), public).unwrap();
+    c.verify(s, msg, &sig).unwrap();
+    sig
+}
+
+fn pss(hash: u64, mgf: u64, salt: u64) -> MechParam {
+    MechParam::RsaPkcsPss {
+        hash_alg: hash,
+        mgf,
+        salt_len: salt,
+    }
+}
+
+#[test]
+fn signatures_at_v2() {
+    let token = TestToken::builder()
+        .with(Key::Rsa2048)
+        .with(Key::RsaPss)
+        .with(Key::EcP256)
+        .with(Key::Ed25519)
+        .build();
+    let fwd = Fwd::start(&token);
+    let (c, s) = logged_in(&fwd, &token, 2);
+    let sig = sign_verify(&c, s, "ed25519", Mechanism::new(CKM_EDDSA), b"edwards");
+    assert_eq!(sig.len(), 64);
+    sign_verify(
+        &c,
+        s,
+        "rsa-pss",
+        Mechanism::with(
+            CKM_SHA256_RSA_PKCS_PSS,
+            pss(CKM_SHA256, CKG_MGF1_SHA256, 32),
+        ),
+        b"hashed pss",
+    );
+    sign_verify(
+        &c,
+        s,
+        "rsa-pss",
+        Mechanism::with(CKM_RSA_PKCS_PSS, pss(CKM_SHA256, CKG_MGF1_SHA256, 32)),
+        &[3; 32],
+    );
+    sign_verify(
+        &c,
+        s,
+        "rsa2048",
+        Mechanism::new(CKM_SHA256_RSA_PKCS),
+        b"pkcs1",
+    );
+    sign_verify(&c, s, "ec-p256", Mechanism::new(CKM_ECDSA), &[9; 32]);
+    // CKA_ALLOWED_MECHANISMS is enforced by the module behind us.
+    let key = find_one(&c, s, "rsa-pss", CKO_PRIVATE_KEY);
+    let r = c
+        .sign_init(s, Some(Mechanism::new(CKM_SHA256_RSA_PKCS)), key)
+        .and_then(|_| c.sign(s, b"x", OutCap::Buffer(512)));
+    assert_eq!(rv_of(r), CKR_MECHANISM_INVALID);
+    // An EdDSA parameter is a structure with pointers: raw bytes are refused, never passed on.
+    let key = find_one(&c, s, "ed25519", CKO_PRIVATE_KEY);
+    let raw = Mechanism::with(CKM_EDDSA, MechParam::Raw(vec![0; 24]));
+    assert_eq!(
+        rv_of(c.sign_init(s, Some(raw), key)),
+        CKR_MECHANISM_PARAM_INVALID
+    );
+}
+
+#[test]
+fn encryption_at_v2() {
+    let token = TestToken::builder()
+        .with(Key::Rsa2048)
+        .with(Key::Aes256)
+        .build();
+    let fwd = Fwd::start(&token);
+    let (c, s) = logged_in(&fwd, &token, 2);
+    // OAEP (SoftHSM 2.6.1 refuses any label).
+    let oaep = Mechanism::with(
+        CKM_RSA_PKCS_OAEP,
+        MechParam::RsaPkcsOaep {
+            hash_alg: CKM_SHA_1,
+            mgf: CKG_MGF1_SHA1,
+            source: CKZ_DATA_SPECIFIED,
+            source_data: None,
+        },
+    );
+    let public = find_one(&c, s, "rsa2048", CKO_PUBLIC_KEY);
+    let private = find_one(&c, s, "rsa2048", CKO_PRIVATE_KEY);
+    c.encrypt_init(s, Some(oaep.clone()), public).unwrap();
+    let ct = data(c.encrypt(s, b"oaep secret", OutCap::Buffer(256)).unwrap());
+    c.decrypt_init(s, Some(oaep), private).unwrap();
+    assert_eq!(
+        data(c.decrypt(s, &ct, OutCap::Buffer(256)).unwrap()),
+        b"oaep secret"
+    );
+
+    let aes = find_one(&c, s, "aes256", CKO_SECRET_KEY);
+    let secret = token.secret("aes256");
+    let plain = [0x11u8; 32];
+    for mech in [
+        Mechanism::with(
+            CKM_AES_GCM,
+            MechParam::AesGcm {
+                iv: Some((0..12).collect()),
+                iv_bits: 96,
+                aad: Some(vec![0xaa, 0xbb]),
+                tag_bits: 128,
+            },
+        ),
+        Mechanism::with(CKM_AES_CBC, MechParam::Iv(vec![5; 16])),
+        Mechanism::with(
+            CKM_AES_CTR,
+            MechParam::AesCtr {
+                counter_bits: 128,
+                cb: [9; 16],
+            },
+        ),
+    ] {
+        c.encrypt_init(s, Some(mech.clone()), aes).unwrap();
+        let ct = data(c.encrypt(s, &plain, OutCap::Buffer(64)).unwrap());
+        c.decrypt_init(s, Some(mech.clone()), aes).unwrap();
+        assert_eq!(
+            data(c.decrypt(s, &ct, OutCap::Buffer(64)).unwrap()),
+            plain,
+            "{mech:?}"
+        );
+        if mech.ty == CKM_AES_CBC {
+            // Same bytes as openssl with the known key.
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("p"), plain).unwrap();
+            let out = run_ok(
+                Command::new("openssl")
+                    .args([
+                        "enc",
+                        "-aes-256-cbc",
+                        "-nopad",
+                        "-K",
+                        &hex::encode(&secret),
+                        "-iv",
+                        &hex::encode([5u8; 16]),
+                        "-in",
+                    ])
+                    .arg(dir.path().join("p")),
+            );
+            assert_eq!(out.stdout_bytes, ct);
+        }
+    }
+}
+
+#[test]
+fn derivation_and_hmac_at_v2() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = Fwd::start(&token);
+    let (c, s) = logged_in(&fwd, &token, 2);
+    // ECDH1 with our own public point: the secret must equal openssl's.
+    let public = find_one(&c, s, "ec-p256", CKO_PUBLIC_KEY);
+    let private = find_one(&c, s, "ec-p256", CKO_PRIVATE_KEY);
+    let point = c.attributes(s, public, &[CKA_EC_POINT], 256).unwrap();
+    let der = point[0].as_bytes().unwrap().to_vec();
+    assert_eq!(&der[..2], &[0x04, 0x41]);
+    let mech = Mechanism::with(
+        CKM_ECDH1_DERIVE,
+        MechParam::Ecdh1Derive {
+            kdf: CKD_NULL,
+            shared_data: None,
+            public_data: Some(der[2..].to_vec()),
+        },
+    );
+    let template = vec![
+        Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+        Attribute::ulong(CKA_VALUE_LEN, 32),
+        Attribute::bool(CKA_TOKEN, false),
+        Attribute::bool(CKA_SENSITIVE, false),
+        Attribute::bool(CKA_EXTRACTABLE, true),
+        Attribute::bool(CKA_SIGN, true),
+        Attribute::bool(CKA_VERIFY, true),
+    ];
+    let (derived, update) = c.derive_key(s, mech, private, template).unwrap();
+    assert!(update.is_some(), "C_DeriveKey2 at v2");
+    let value = c.attributes(s, derived, &[CKA_VALUE], 64).unwrap();
+    let expected = run_ok(
+        Command::new("openssl")
+            .args(["pkeyutl", "-derive", "-inkey"])
+            .arg(token.private_pem("ec-p256"))
+            .arg("-peerkey")
+            .arg(token.public_pem("ec-p256")),
+    )
+    .stdout_bytes;
+    assert_eq!(value[0].as_bytes().unwrap(), expected.as_slice());
+    // HMAC with the derived generic secret.
+    let hmac = Mechanism::new(CKM_SHA256_HMAC);
+    c.sign_init(s, Some(hmac.clone()), derived).unwrap();
+    let mac = data(c.sign(s, b"mac me", OutCap::Buffer(64)).unwrap());
+    assert_eq!(mac.len(), 32);
+    c.verify_init(s, Some(hmac), derived).unwrap();
+    c.verify(s, b"mac me", &mac).unwrap();
+    // SoftHSM 2.6.1 has no *_HMAC_GENERAL: the parameter is decoded and handed over, and the
+    // module (not the forwarder) answers CKR_MECHANISM_INVALID.
+    let general = Mechanism::with(CKM_SHA256_HMAC_GENERAL, MechParam::MacGeneral(16));
+    assert_eq!(
+        rv_of(c.sign_init(s, Some(general), derived)),
+        CKR_MECHANISM_INVALID
+    );
+}
+
+#[test]
+fn what_v0_can_carry() {
+    let token = TestToken::builder()
+        .with(Key::Rsa2048)
+        .with(Key::RsaPss)
+        .with(Key::Aes256)
+        .with(Key::EcP256)
+        .build();
+    let fwd = Fwd::start(&token);
+    let (c, s) = logged_in(&fwd, &token, 0);
+    assert_eq!(c.dialect().version(), 0);
+    sign_verify(
+        &c,
+        s,
+        "rsa-pss",
+        Mechanism::with(CKM_RSA_PKCS_PSS, pss(CKM_SHA256, CKG_MGF1_SHA256, 32)),
+        &[1; 32],
+    );
+    // No serializer in 0.24: the flat structure crosses as native bytes and is accepted.
+    sign_verify(
+        &c,
+        s,
+        "rsa-pss",
+        Mechanism::with(
+            CKM_SHA256_RSA_PKCS_PSS,
+            pss(CKM_SHA256, CKG_MGF1_SHA256, 32),
+        ),
+        b"v0 pss",
+    );
+    sign_verify(&c, s, "ec-p256", Mechanism::new(CKM_ECDSA), &[2; 32]);
+    let aes = find_one(&c, s, "aes256", CKO_SECRET_KEY);
+    let cbc = Mechanism::with(CKM_AES_CBC, MechParam::Iv(vec![5; 16]));
+    c.encrypt_init(s, Some(cbc.clone()), aes).unwrap();
+    let ct = data(c.encrypt(s, &[7; 16], OutCap::Buffer(64)).unwrap());
+    c.decrypt_init(s, Some(cbc), aes).unwrap();
+    assert_eq!(
+        data(c.decrypt(s, &ct, OutCap::Buffer(64)).unwrap()),
+        vec![7; 16]
+    );
+    // GCM and ECDH need pointers, which a 0.24 peer cannot carry: refused before sending.
+    let gcm = Mechanism::with(
+        CKM_AES_GCM,
+        MechParam::AesGcm {
+            iv: Some(vec![0; 12]),
+            iv_bits: 96,
+            aad: None,
+            tag_bits: 128,
+        },
+    );
+    assert_eq!(
+        rv_of(c.encrypt_init(s, Some(gcm), aes)),
+        CKR_MECHANISM_PARAM_INVALID
+    );
+}
+
+#[test]
+fn allowed_mechanisms_and_template_size_queries() {
+    let token = TestToken::builder()
+        .with(Key::RsaPss)
+        .with(Key::Aes256)
+        .build();
+    let fwd = Fwd::start(&token);
+    for offer in [2, 1, 0] {
+        let (c, s) = logged_in(&fwd, &token, offer);
+        let key = find_one(&c, s, "rsa-pss", CKO_PRIVATE_KEY);
+        let q = |ty, buflen, nested| AttrSlot { ty, buflen, nested };
+        // Size query of CKA_ALLOWED_MECHANISMS: the length and that many zero mechanisms, which
+        // every stock client can parse (stock servers send the count alone).
+        let (a, rv) = c
+            .get_attribute_value(s, key, vec![q(CKA_ALLOWED_MECHANISMS, 0, None)])
+            .unwrap();
+        assert_eq!(rv.0, CKR_OK);
+        assert_eq!(a[0].native_len(), Some(32));
+        assert_eq!(a[0].value(), Some(&Value::Mechanisms(vec![0; 4])));
+        let (a, _) = c
+            .get_attribute_value(s, key, vec![q(CKA_ALLOWED_MECHANISMS, 32, None)])
+            .unwrap();
+        assert_eq!(
+            a[0].as_mechanisms().unwrap(),
+            &[
+                CKM_RSA_PKCS_PSS,
+                CKM_SHA256_RSA_PKCS_PSS,
+                CKM_SHA384_RSA_PKCS_PSS,
+                CKM_SHA512_RSA_PKCS_PSS
+            ]
+        );
+        if offer == 0 {
+            continue; // 0.24 cannot carry templates at all.
+        }
+        // Template size query: count 0 with length n × 24, then the values (0.25.4+ layout).
+        let aes = find_one(&c, s, "aes256", CKO_SECRET_KEY);
+        let (a, rv) = c
+            .get_attribute_value(s, aes, vec![q(CKA_WRAP_TEMPLATE, 0, None)])
+            .unwrap();
+        assert_eq!(rv.0, CKR_OK);
+        assert_eq!(a[0].native_len(), Some(48));
+        assert_eq!(a[0].value(), Some(&Value::Template(vec![])));
+        let nested = vec![q(CKA_CLASS, 8, None), q(CKA_KEY_TYPE, 8, None)];
+        let (a, rv) = c
+            .get_attribute_value(s, aes, vec![q(CKA_WRAP_TEMPLATE, 48, Some(nested))])
+            .unwrap();
+        assert_eq!(rv.0, CKR_OK);
+        let Some(Value::Template(t)) = a[0].value() else {
+            panic!("{a:?}")
+        };
+        let class = t
+            .iter()
+            .find(|x| x.ty == CKA_CLASS)
+            .and_then(|x| x.as_ulong());
+        let kt = t
+            .iter()
+            .find(|x| x.ty == CKA_KEY_TYPE)
+            .and_then(|x| x.as_ulong());
+        assert_eq!((class, kt), (Some(CKO_SECRET_KEY), Some(CKK_AES)));
+    }
+}
