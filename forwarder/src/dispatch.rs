@@ -390,6 +390,13 @@ impl Cx<'_> {
             (c.id, c.is_logged_in(s.token))
         };
         if !mine {
+            // Nobody holds a login: let the module answer as it would without us (SoftHSM says
+            // CKR_OK). Otherwise the module's login belongs to others and must not be touched.
+            let state = self.shared.login_state(s.token)?;
+            let st = lock(&state)?;
+            if st.conns.is_empty() {
+                return self.lib(s.token)?.logout(s.real);
+            }
             return Err(Rv(CKR_USER_NOT_LOGGED_IN));
         }
         self.release_login(id, s.token, s.real)?;
