@@ -83,10 +83,10 @@ fn lookup_id(db: &str, name: &str) -> Result<u32> {
     let text = std::fs::read_to_string(db).with_context(|| format!("reading {db}"))?;
     for line in text.lines() {
         let mut f = line.split(':');
-        if f.next() == Some(name) {
-            if let Some(id) = f.nth(1).and_then(|id| id.parse().ok()) {
-                return Ok(id);
-            }
+        if f.next() == Some(name)
+            && let Some(id) = f.nth(1).and_then(|id| id.parse().ok())
+        {
+            return Ok(id);
         }
     }
     bail!("no {name:?} in {db}")

@@ -9,6 +9,8 @@
 #![allow(unsafe_code)]
 // The function-list fields and C parameter names are the C API's.
 #![allow(non_snake_case)]
+// `CK_ULONG` is `u64` only on LP64 targets; the casts keep the code right elsewhere.
+#![allow(clippy::unnecessary_cast)]
 
 use std::ffi::c_void;
 use std::path::Path;
