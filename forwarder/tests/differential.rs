@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Fwd, connect};
+use common::connect;
 use p11fwd_tests::{Key, StockServer, TestToken};
 use p11fwd_wire::client::{Client, OutCap};
 use p11fwd_wire::consts::*;
@@ -229,9 +229,37 @@ fn same_results_as_stock_p11_kit_server() {
         .with(Key::EcP256)
         .build();
     let stock = script(StockServer::start(&token).socket_path(), token.user_pin());
-    let ours = script(Fwd::start(&token).socket_path(), token.user_pin());
+    let ours = script(common::start(&token).socket_path(), token.user_pin());
     for (a, b) in stock.iter().zip(&ours) {
         assert_eq!(a, b, "stock vs p11fwd");
     }
     assert_eq!(stock.len(), ours.len());
+}
+
+/// The shared `servers()` fixture: one body, both servers, a stock client listing the token.
+#[test]
+fn both_servers_list_the_token_through_the_stock_client() {
+    use p11fwd_tests::{P11KIT_CLIENT_MODULE, Server, ServerKind, require_tool, servers};
+    use std::process::Command;
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let all = servers(&token);
+    let kinds: Vec<ServerKind> = all.iter().map(Server::kind).collect();
+    assert_eq!(kinds, [ServerKind::Stock, ServerKind::Forwarder]);
+    for server in &all {
+        let out = server.p11env().run_ok(
+            Command::new(require_tool("pkcs11-tool"))
+                .args(["--module", P11KIT_CLIENT_MODULE, "-O", "--login", "--pin"])
+                .arg(token.user_pin()),
+        );
+        assert!(
+            out.stdout.contains("ec-p256"),
+            "{}: {out}\n{}",
+            server.kind(),
+            server.log()
+        );
+        assert!(server.socket_path().exists());
+        assert!(server.pid() > 0);
+    }
+    let fwd = all[1].as_forwarder().unwrap();
+    assert!(fwd.stderr().contains("p11fwd::call"), "{}", fwd.log());
 }

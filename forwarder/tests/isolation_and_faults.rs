@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{Fwd, connect, find, find_one, rv_of, session};
+use common::{Fwd, FwdExt, connect, find, find_one, rv_of, session};
 use p11fwd_tests::{Key, TestToken};
 use p11fwd_wire::client::OutCap;
 use p11fwd_wire::consts::*;
@@ -21,7 +21,7 @@ fn pin(t: &TestToken) -> Option<&[u8]> {
 #[test]
 fn handles_of_another_connection_are_rejected() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let a = fwd.client(2);
     let b = fwd.client(2);
     let sa = session(&a);
@@ -72,7 +72,7 @@ fn handles_of_another_connection_are_rejected() {
 #[test]
 fn private_objects_need_this_connections_login() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let a = fwd.client(2);
     let b = fwd.client(0);
     let sa = session(&a);
@@ -107,7 +107,7 @@ fn private_objects_need_this_connections_login() {
 #[test]
 fn logins_are_per_connection() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let a = fwd.client(2);
     let b = fwd.client(2);
     let sa = session(&a);
@@ -161,7 +161,7 @@ fn logins_are_per_connection() {
 #[test]
 fn a_dead_client_leaves_nothing_open() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let watcher = fwd.client(2);
     let sw = session(&watcher);
     {
@@ -237,7 +237,7 @@ fn frame(code: u32, body: &[u8]) -> Vec<u8> {
 #[test]
 fn garbage_closes_only_that_connection() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let good = fwd.client(2);
     let sg = session(&good);
 
@@ -285,7 +285,7 @@ fn garbage_closes_only_that_connection() {
 #[test]
 fn calls_before_initialize_and_after_finalize() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let c = p11fwd_wire::client::Client::connect(fwd.socket_path(), Default::default()).unwrap();
     assert_eq!(rv_of(c.get_info()), CKR_CRYPTOKI_NOT_INITIALIZED);
     c.initialize(None).unwrap();
@@ -314,7 +314,7 @@ fn sixty_four_clients_sign_five_hundred_times_each() {
     const CLIENTS: usize = 64;
     const SIGNATURES: usize = 500;
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let socket = fwd.socket_path().to_path_buf();
     let user_pin = token.user_pin().to_owned();
     let threads: Vec<_> = (0..CLIENTS)

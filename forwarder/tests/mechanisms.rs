@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Fwd, find_one, rv_of, session};
+use common::{Fwd, FwdExt, find_one, rv_of, session};
 use p11fwd_tests::{Key, TestToken, run_ok};
 use p11fwd_wire::CallId;
 use p11fwd_wire::client::{Client, OutCap, Output};
@@ -55,7 +55,7 @@ fn signatures_at_v2() {
         .with(Key::EcP256)
         .with(Key::Ed25519)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let (c, s) = logged_in(&fwd, &token, 2);
     let sig = sign_verify(&c, s, "ed25519", Mechanism::new(CKM_EDDSA), b"edwards");
     assert_eq!(sig.len(), 64);
@@ -105,7 +105,7 @@ fn encryption_at_v2() {
         .with(Key::Rsa2048)
         .with(Key::Aes256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let (c, s) = logged_in(&fwd, &token, 2);
     // OAEP (SoftHSM 2.6.1 refuses any label).
     let oaep = Mechanism::with(
@@ -183,7 +183,7 @@ fn encryption_at_v2() {
 #[test]
 fn derivation_and_hmac_at_v2() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let (c, s) = logged_in(&fwd, &token, 2);
     // ECDH1 with our own public point: the secret must equal openssl's.
     let public = find_one(&c, s, "ec-p256", CKO_PUBLIC_KEY);
@@ -245,7 +245,7 @@ fn what_v0_can_carry() {
         .with(Key::Aes256)
         .with(Key::EcP256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let (c, s) = logged_in(&fwd, &token, 0);
     assert_eq!(c.dialect().version(), 0);
     sign_verify(
@@ -298,7 +298,7 @@ fn allowed_mechanisms_and_template_size_queries() {
         .with(Key::RsaPss)
         .with(Key::Aes256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     for offer in [2, 1, 0] {
         let (c, s) = logged_in(&fwd, &token, offer);
         let key = find_one(&c, s, "rsa-pss", CKO_PRIVATE_KEY);

@@ -34,7 +34,7 @@ fn pkcs11_tool_lists_slots_mechanisms_and_objects() {
         .with(Key::EcP256)
         .with(Key::Aes256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let l = pkcs11_tool(&fwd, &["-L"]);
     assert!(l.contains("(0x11)"), "{l}");
     assert!(l.contains(token.label()), "{l}");
@@ -63,7 +63,7 @@ fn pkcs11_tool_signs_verifies_and_decrypts() {
         .with(Key::Rsa2048)
         .with(Key::EcP256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::write(&data, b"p11fwd says hello\n").unwrap();
@@ -184,7 +184,7 @@ fn pkcs11_tool_signs_verifies_and_decrypts() {
 #[test]
 fn pkcs11_tool_generates_key_pairs() {
     let token = TestToken::builder().with(Key::EcP256).build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let pin = token.user_pin();
     pkcs11_tool(
         &fwd,
@@ -227,7 +227,7 @@ fn pkcs11_tool_generates_key_pairs() {
 fn write_protected_tokens_refuse_changes_and_say_so() {
     let token = TestToken::builder().with(Key::EcP256).build();
     let uri = format!("{}?write-protected=yes", token.uri());
-    let fwd = Fwd::start_with(&token, &uri, &[]);
+    let fwd = common::builder(&token).uri(&uri).start();
     let l = pkcs11_tool(&fwd, &["-L"]);
     assert!(
         l.contains("readonly") || l.contains("write protected") || l.contains("write-protected"),
@@ -265,7 +265,7 @@ fn p11tool_lists_all_objects() {
         .with(Key::Rsa2048)
         .with(Key::EcP256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let out = fwd.p11env().run_ok(
         Command::new(require_tool("p11tool"))
             .args([
@@ -301,7 +301,7 @@ fn p11tool_signs_with_a_forwarded_key() {
         .with(Key::EcP256)
         .with(Key::Rsa2048)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     for label in ["ec-p256", "rsa2048"] {
         let key = format!("{};object={label};type=private", token.uri());
         let out = fwd
@@ -329,7 +329,7 @@ fn nss_certutil_lists_the_certificates() {
         .with(Key::Rsa2048)
         .with(Key::EcP256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let db = tempfile::tempdir().unwrap();
     let dbarg = format!("sql:{}", db.path().display());
     run_ok(Command::new(require_tool("certutil")).args(["-N", "--empty-password", "-d", &dbarg]));
@@ -364,7 +364,7 @@ fn ssh_keygen_reads_the_public_keys() {
         .with(Key::Rsa2048)
         .with(Key::EcP256)
         .build();
-    let fwd = Fwd::start(&token);
+    let fwd = common::start(&token);
     let out = fwd
         .p11env()
         .run_ok(Command::new(require_tool("ssh-keygen")).args(["-D", P11KIT_CLIENT_MODULE]));

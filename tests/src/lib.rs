@@ -7,6 +7,8 @@
 //!   `libp11fwd_provider.so`) and a module tree with the installed names.
 //! - [`TestToken`]: a fresh SoftHSM token in a temp dir, with the keys a test asks for ([`Key`]).
 //! - [`StockServer`]: the stock `p11-kit server` serving a [`TestToken`].
+//! - [`ForwarderServer`]: `p11fwd server` serving a [`TestToken`]; [`Server`], [`AnyServer`] and
+//!   [`servers`] run one test body against both.
 //! - [`P11Env`]: run clients with `P11_KIT_SERVER_ADDRESS` set.
 //! - [`relay::Relay`]: a Unix-socket relay adding latency and counting round trips.
 //!
@@ -17,6 +19,7 @@
 pub mod artifacts;
 mod der;
 mod ffi;
+mod forwarder;
 mod p11env;
 #[doc(hidden)]
 pub mod provision;
@@ -25,6 +28,10 @@ pub mod run;
 mod stock;
 mod token;
 
+pub use forwarder::{
+    AnyServer, DEFAULT_FORWARDER_LOG, ForwarderServer, ForwarderServerBuilder, Server, ServerKind,
+    servers, servers_uri,
+};
 pub use p11env::P11Env;
 pub use run::{RunOutput, require_tool, run_fail, run_ok};
 pub use stock::StockServer;
