@@ -102,6 +102,7 @@ pub(crate) struct Config {
 }
 
 /// Where the user PIN comes from.
+#[derive(Clone)]
 pub(crate) enum PinSource {
     /// The PIN itself, from the config file. Zeroized on drop.
     Literal(Zeroizing<String>),

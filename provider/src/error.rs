@@ -102,19 +102,32 @@ pub(crate) enum Error {
     #[error("nothing matches {0}")]
     NoMatch(String),
     /// Several objects match a URI that must name one.
-    #[error("{count} objects match {uri}")]
+    #[error("{count} private keys match {uri}; name one with its exact URI: {candidates}")]
     SeveralMatches {
         /// The URI.
         uri: String,
         /// How many objects matched.
         count: usize,
+        /// The exact URIs of the candidates, `; `-separated.
+        candidates: String,
     },
     /// The token rejected the PIN.
-    #[error("the token rejected the PIN")]
+    #[error(
+        "the token rejected the PIN (not retried, to avoid locking the token; fix the PIN source)"
+    )]
     PinIncorrect,
+    /// The user PIN is locked.
+    #[error("the user PIN of token {0:?} is locked")]
+    PinLocked(String),
     /// A PIN is needed and there is none.
-    #[error("the token needs a PIN and none is configured")]
-    PinRequired,
+    #[error(
+        "token {0:?} needs a PIN: none in the URI (pin-value, pin-source), in \
+         pkcs11-module-token-pin, from the application or from a terminal prompt"
+    )]
+    PinRequired(String),
+    /// The connection to the server failed after it was established.
+    #[error("the connection to the p11fwd server failed: {0}")]
+    Connection(String),
     /// The server socket cannot be reached.
     #[error("cannot connect to {address}")]
     ServerUnreachable {
@@ -155,9 +168,9 @@ impl Error {
             Self::UriParse { .. } => Reason::UriParse,
             Self::NoMatch(_) => Reason::NoMatch,
             Self::SeveralMatches { .. } => Reason::SeveralMatches,
-            Self::PinIncorrect => Reason::PinIncorrect,
-            Self::PinRequired => Reason::PinRequired,
-            Self::ServerUnreachable { .. } => Reason::ServerUnreachable,
+            Self::PinIncorrect | Self::PinLocked(_) => Reason::PinIncorrect,
+            Self::PinRequired(_) => Reason::PinRequired,
+            Self::ServerUnreachable { .. } | Self::Connection(_) => Reason::ServerUnreachable,
             Self::Protocol(_) => Reason::Protocol,
             Self::Token { .. } => Reason::Token,
             Self::Unsupported(_) => Reason::Unsupported,
@@ -182,7 +195,7 @@ impl Error {
     pub(crate) fn is_routine(&self) -> bool {
         matches!(
             self,
-            Self::NoMatch(_) | Self::PinIncorrect | Self::PinRequired | Self::Unsupported(_)
+            Self::NoMatch(_) | Self::PinIncorrect | Self::PinRequired(_) | Self::Unsupported(_)
         )
     }
 }

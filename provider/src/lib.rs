@@ -31,6 +31,14 @@ mod error;
 mod provider;
 mod trace;
 
+mod backend;
+mod der;
+mod encoder;
+mod hash;
+mod key;
+mod signature;
+mod store;
+
 #[allow(unsafe_code)] // `#[unsafe(no_mangle)]` and the hand-over to `ffi::provider::init`.
 mod export {
     use core::ffi::{c_int, c_void};

@@ -3,6 +3,7 @@
 
 use core::ffi::CStr;
 
+use crate::backend::Backend;
 use crate::config::{self, Config};
 use crate::error::Error;
 use crate::ffi::boundary::const_cstr;
@@ -49,6 +50,7 @@ pub(crate) static GETTABLE_PARAMS: ParamTable = param_table![
 pub(crate) struct ProvCtx {
     core: Core,
     config: Config,
+    backend: Backend,
 }
 
 impl Castable for ProvCtx {
@@ -85,7 +87,12 @@ impl ProvCtx {
                 "ignored: p11fwd loads no PKCS#11 module; set p11fwd-server-address instead"
             );
         }
-        Ok(Self { core, config })
+        let backend = Backend::new(&config);
+        Ok(Self {
+            core,
+            config,
+            backend,
+        })
     }
 
     /// The core handle and upcalls of this instance.
@@ -96,6 +103,11 @@ impl ProvCtx {
     /// The library context this instance was loaded into.
     pub(crate) fn core_ctx(&self) -> CoreCtx {
         self.core.libctx()
+    }
+
+    /// The connection state of this instance.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// The configuration of this instance.

@@ -19,6 +19,7 @@ pub(crate) struct Core {
     dispatch: CoreDispatch,
     get_params: sys::OSSL_FUNC_core_get_params_fn,
     get_libctx: sys::OSSL_FUNC_core_get_libctx_fn,
+    bio_write: sys::OSSL_FUNC_BIO_write_ex_fn,
 }
 
 // SAFETY: the handle is the core's `OSSL_PROVIDER`, valid until our teardown returns, and the
@@ -51,11 +52,13 @@ impl Core {
                 "the core offers no core_get_params/core_get_libctx",
             ));
         }
+        let bio_write = core_upcall!(dispatch, BIO_write_ex);
         Ok(Self {
             handle,
             dispatch,
             get_params,
             get_libctx,
+            bio_write,
         })
     }
 
@@ -67,6 +70,25 @@ impl Core {
     /// The core's dispatch table, for looking up further upcalls.
     pub(crate) fn dispatch(&self) -> CoreDispatch {
         self.dispatch
+    }
+
+    /// Writes all of `data` to a core BIO (`BIO_write_ex` upcall), for encoders.
+    ///
+    /// # Safety
+    ///
+    /// `bio` is the `OSSL_CORE_BIO *` the core passed to the current encoder call.
+    pub(crate) unsafe fn bio_write(&self, bio: *mut sys::OSSL_CORE_BIO, data: &[u8]) -> Result<(), Error> {
+        let write = self
+            .bio_write
+            .ok_or(Error::Internal("the core offers no BIO_write_ex"))?;
+        let mut written = 0usize;
+        // SAFETY: `bio` is the core's BIO for this call (contract); `data` is readable for its
+        // length; `written` is a local out-parameter.
+        let ok = unsafe { write(bio, data.as_ptr().cast(), data.len(), &mut written) };
+        if ok != 1 || written != data.len() {
+            return Err(Error::Internal("BIO_write_ex failed"));
+        }
+        Ok(())
     }
 
     /// `core_get_libctx`.

@@ -23,7 +23,13 @@ pub(crate) mod cast;
 pub(crate) mod core;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod dispatch;
+pub(crate) mod digest;
+pub(crate) mod encoder;
 pub(crate) mod err;
+pub(crate) mod keymgmt;
+pub(crate) mod signature;
+pub(crate) mod store;
+pub(crate) mod ui;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod params;
 pub(crate) mod process;

@@ -466,6 +466,38 @@ impl ParamMut<'_> {
         self.check(ok, "not a UTF-8 string, or its buffer is too small")
     }
 
+    /// Writes a non-negative big number given as big-endian bytes into an UNSIGNED_INTEGER
+    /// (as `OSSL_PARAM_set_BN` does: native byte order, padded to the buffer; NULL data is a
+    /// size query).
+    pub(crate) fn set_biguint(&mut self, be: &[u8]) -> Result<(), Error> {
+        if self.raw.data_type != sys::OSSL_PARAM_UNSIGNED_INTEGER {
+            return Err(self.as_param().error("not an unsigned integer"));
+        }
+        let skip = be.iter().take_while(|&&b| b == 0).count();
+        let be = &be[skip..];
+        self.raw.return_size = be.len().max(1);
+        if self.raw.data.is_null() {
+            return Ok(());
+        }
+        let size = self.raw.data_size;
+        if size < be.len() {
+            return Err(self.as_param().error("buffer too small for the number"));
+        }
+        // SAFETY: a non-NULL UNSIGNED_INTEGER's `data` holds `data_size` writable bytes
+        // (`ParamsMut::from_ptr` contract).
+        let out = unsafe { core::slice::from_raw_parts_mut(self.raw.data.cast::<u8>(), size) };
+        out.fill(0);
+        for (i, b) in be.iter().rev().enumerate() {
+            if cfg!(target_endian = "little") {
+                out[i] = *b;
+            } else {
+                out[size - 1 - i] = *b;
+            }
+        }
+        self.raw.return_size = size;
+        Ok(())
+    }
+
     /// Copies `v` into an OCTET_STRING buffer (`OSSL_PARAM_set_octet_string`; NULL data is a
     /// size query). An OCTET_PTR entry is refused, as in [`ParamMut::set_utf8`].
     pub(crate) fn set_octets(&mut self, v: &[u8]) -> Result<(), Error> {
@@ -610,6 +642,17 @@ impl<'a> ParamBuilder<'a> {
         self.push(
             key,
             ParamType::OctetString,
+            value.as_ptr().cast_mut().cast(),
+            value.len(),
+        )
+    }
+
+    /// An UNSIGNED_INTEGER big number, given in **native** byte order (what `OSSL_PARAM_get_BN`
+    /// reads).
+    pub(crate) fn biguint_native(self, key: &'a CStr, value: &'a [u8]) -> Self {
+        self.push(
+            key,
+            ParamType::UnsignedInteger,
             value.as_ptr().cast_mut().cast(),
             value.len(),
         )

@@ -31,3 +31,24 @@ unsafe extern "C" {
         used_len: usize,
     ) -> c_int;
 }
+
+/// OpenSSL's `UI` (opaque).
+#[repr(C)]
+pub struct UI {
+    _private: [u8; 0],
+}
+
+unsafe extern "C" {
+    // --- ui.h: the PIN prompt of last resort ---
+    pub fn UI_new() -> *mut UI;
+    pub fn UI_free(ui: *mut UI);
+    pub fn UI_add_input_string(
+        ui: *mut UI,
+        prompt: *const c_char,
+        flags: c_int,
+        result_buf: *mut c_char,
+        minsize: c_int,
+        maxsize: c_int,
+    ) -> c_int;
+    pub fn UI_process(ui: *mut UI) -> c_int;
+}

@@ -1,0 +1,263 @@
+//! KEYMGMT for token keys: RSA, RSA-PSS, EC, ED25519, ED448, X25519, X448.
+//!
+//! Keys come only from the store (`load` of a reference); `has`, `match`, `get_params` and the
+//! export of **public** parts (so that OpenSSL can verify and encrypt in software, and compare
+//! with keys from files). There is no `new`/`import`/`gen`: a key from elsewhere is never copied
+//! onto the token.
+
+use core::ffi::{c_char, c_int, c_void};
+
+use crate::error::Error;
+use crate::ffi::boundary::entry;
+use crate::ffi::cast::{ArcCastable, Castable, bytes};
+use crate::ffi::dispatch::{DispatchTable, dispatch_table};
+use crate::ffi::params::{ParamBuilder, ParamTable, ParamsMut, param_table};
+use crate::key::{Key, KeyKind, PublicMaterial, registry};
+use crate::sys::{self, OSSL_CALLBACK, OSSL_PARAM};
+
+macro_rules! keymgmt_table {
+    ($name:ident, $query:ident, $gettable:ident, $export_types:ident) => {
+        pub(crate) static $name: DispatchTable = dispatch_table![
+            keymgmt_free => p11fwd_keymgmt_free,
+            keymgmt_load => p11fwd_keymgmt_load,
+            keymgmt_has => p11fwd_keymgmt_has,
+            keymgmt_match => p11fwd_keymgmt_match,
+            keymgmt_get_params => p11fwd_keymgmt_get_params,
+            keymgmt_gettable_params => $gettable,
+            keymgmt_export => p11fwd_keymgmt_export,
+            keymgmt_export_types => $export_types,
+            keymgmt_query_operation_name => $query,
+        ];
+    };
+}
+
+keymgmt_table!(RSA_FUNCTIONS, query_rsa, gettable_rsa, export_types_rsa);
+keymgmt_table!(RSA_PSS_FUNCTIONS, query_rsa, gettable_rsa, export_types_rsa);
+keymgmt_table!(EC_FUNCTIONS, query_ec, gettable_ec, export_types_ec);
+keymgmt_table!(ED25519_FUNCTIONS, query_ed25519, gettable_raw, export_types_raw);
+keymgmt_table!(ED448_FUNCTIONS, query_ed448, gettable_raw, export_types_raw);
+keymgmt_table!(X25519_FUNCTIONS, query_ecdh, gettable_raw, export_types_raw);
+keymgmt_table!(X448_FUNCTIONS, query_ecdh, gettable_raw, export_types_raw);
+
+static GETTABLE_RSA: ParamTable = param_table![
+    (sys::OSSL_PKEY_PARAM_BITS, Integer),
+    (sys::OSSL_PKEY_PARAM_SECURITY_BITS, Integer),
+    (sys::OSSL_PKEY_PARAM_MAX_SIZE, Integer),
+    (sys::OSSL_PKEY_PARAM_DEFAULT_DIGEST, Utf8String),
+    (sys::OSSL_PKEY_PARAM_RSA_N, UnsignedInteger),
+    (sys::OSSL_PKEY_PARAM_RSA_E, UnsignedInteger),
+];
+static GETTABLE_EC: ParamTable = param_table![
+    (sys::OSSL_PKEY_PARAM_BITS, Integer),
+    (sys::OSSL_PKEY_PARAM_SECURITY_BITS, Integer),
+    (sys::OSSL_PKEY_PARAM_MAX_SIZE, Integer),
+    (sys::OSSL_PKEY_PARAM_DEFAULT_DIGEST, Utf8String),
+    (sys::OSSL_PKEY_PARAM_GROUP_NAME, Utf8String),
+    (sys::OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, OctetString),
+    (sys::OSSL_PKEY_PARAM_PUB_KEY, OctetString),
+];
+static GETTABLE_RAW: ParamTable = param_table![
+    (sys::OSSL_PKEY_PARAM_BITS, Integer),
+    (sys::OSSL_PKEY_PARAM_SECURITY_BITS, Integer),
+    (sys::OSSL_PKEY_PARAM_MAX_SIZE, Integer),
+    (sys::OSSL_PKEY_PARAM_MANDATORY_DIGEST, Utf8String),
+    (sys::OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, OctetString),
+    (sys::OSSL_PKEY_PARAM_PUB_KEY, OctetString),
+];
+static EXPORT_RSA: ParamTable = param_table![
+    (sys::OSSL_PKEY_PARAM_RSA_N, UnsignedInteger),
+    (sys::OSSL_PKEY_PARAM_RSA_E, UnsignedInteger),
+];
+static EXPORT_EC: ParamTable = param_table![
+    (sys::OSSL_PKEY_PARAM_GROUP_NAME, Utf8String),
+    (sys::OSSL_PKEY_PARAM_PUB_KEY, OctetString),
+];
+static EXPORT_RAW: ParamTable = param_table![(sys::OSSL_PKEY_PARAM_PUB_KEY, OctetString)];
+
+macro_rules! static_answer {
+    ($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $value:expr) => {
+        entry! {
+            #[doc = concat!("Static answer: `", stringify!($name), "`.")]
+            fn $name($($arg: $ty),*) -> $ret {
+                $(let _ = $arg;)*
+                Ok($value)
+            }
+        }
+    };
+}
+
+static_answer!(gettable_rsa(_provctx: *mut c_void) -> *const OSSL_PARAM = GETTABLE_RSA.as_ptr());
+static_answer!(gettable_ec(_provctx: *mut c_void) -> *const OSSL_PARAM = GETTABLE_EC.as_ptr());
+static_answer!(gettable_raw(_provctx: *mut c_void) -> *const OSSL_PARAM = GETTABLE_RAW.as_ptr());
+static_answer!(export_types_rsa(_selection: c_int) -> *const OSSL_PARAM = EXPORT_RSA.as_ptr());
+static_answer!(export_types_ec(_selection: c_int) -> *const OSSL_PARAM = EXPORT_EC.as_ptr());
+static_answer!(export_types_raw(_selection: c_int) -> *const OSSL_PARAM = EXPORT_RAW.as_ptr());
+static_answer!(query_rsa(_op: c_int) -> *const c_char = c"RSA".as_ptr());
+static_answer!(query_ec(_op: c_int) -> *const c_char = if _op == sys::OSSL_OP_KEYEXCH { c"ECDH".as_ptr() } else { c"ECDSA".as_ptr() });
+static_answer!(query_ed25519(_op: c_int) -> *const c_char = c"ED25519".as_ptr());
+static_answer!(query_ed448(_op: c_int) -> *const c_char = c"ED448".as_ptr());
+static_answer!(query_ecdh(_op: c_int) -> *const c_char = core::ptr::null());
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_free`
+    fn p11fwd_keymgmt_free(keydata: *mut c_void) {
+        // SAFETY: the core gives back the reference `load` handed out, once.
+        drop(unsafe { Key::arc_from_raw(keydata) });
+        Ok(())
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_load`: the key behind a store reference.
+    fn p11fwd_keymgmt_load(reference: *const c_void, reference_sz: usize) -> *mut c_void {
+        // SAFETY: the reference bytes the store handed out, valid for this call.
+        let reference = unsafe { bytes(reference.cast(), reference_sz, "reference") }?;
+        let key = registry::lookup(reference)
+            .ok_or(Error::NoMatch("a key reference that is not (or no longer) ours".into()))?;
+        Ok(Key::arc_into_raw(key))
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_has`
+    fn p11fwd_keymgmt_has(keydata: *const c_void, selection: c_int) -> c_int {
+        // SAFETY: our keydata, live for the call.
+        let key = unsafe { Key::borrow(keydata.cast_mut()) }?;
+        let private = selection & sys::OSSL_KEYMGMT_SELECT_PRIVATE_KEY as c_int != 0;
+        Ok(c_int::from(!private || key.has_private()))
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_match`: the same public key (and parameters).
+    fn p11fwd_keymgmt_match(keydata1: *const c_void, keydata2: *const c_void, _selection: c_int) -> c_int {
+        // SAFETY: our keydata, live for the call.
+        let a = unsafe { Key::borrow(keydata1.cast_mut()) }?;
+        // SAFETY: as above.
+        let b = unsafe { Key::borrow(keydata2.cast_mut()) }?;
+        Ok(c_int::from(a.same_public(b)))
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_get_params`
+    fn p11fwd_keymgmt_get_params(keydata: *mut c_void, params: *mut OSSL_PARAM) -> c_int {
+        // SAFETY: our keydata, live for the call.
+        let key = unsafe { Key::borrow(keydata) }?;
+        // SAFETY: the caller's END-terminated request array, ours for this call.
+        let mut params = unsafe { ParamsMut::from_ptr(params) };
+        for mut p in params.iter_mut() {
+            let k = p.key();
+            if k == sys::OSSL_PKEY_PARAM_BITS {
+                p.set_int(key.bits() as c_int)?;
+            } else if k == sys::OSSL_PKEY_PARAM_SECURITY_BITS {
+                p.set_int(key.security_bits() as c_int)?;
+            } else if k == sys::OSSL_PKEY_PARAM_MAX_SIZE {
+                p.set_int(key.max_size() as c_int)?;
+            } else if k == sys::OSSL_PKEY_PARAM_DEFAULT_DIGEST {
+                if let Some(d) = key.default_digest() {
+                    p.set_static_utf8(d)?;
+                }
+            } else if k == sys::OSSL_PKEY_PARAM_MANDATORY_DIGEST {
+                if key.default_digest().is_none() {
+                    p.set_static_utf8(c"")?;
+                }
+            } else if k == sys::OSSL_PKEY_PARAM_RSA_N {
+                if let PublicMaterial::Rsa { n, .. } = &key.public {
+                    p.set_biguint(n)?;
+                }
+            } else if k == sys::OSSL_PKEY_PARAM_RSA_E {
+                if let PublicMaterial::Rsa { e, .. } = &key.public {
+                    p.set_biguint(e)?;
+                }
+            } else if k == sys::OSSL_PKEY_PARAM_GROUP_NAME {
+                if let KeyKind::Ec(c) = key.kind {
+                    p.set_static_utf8(c.group_name())?;
+                }
+            } else if k == sys::OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY || k == sys::OSSL_PKEY_PARAM_PUB_KEY {
+                if let PublicMaterial::Ec(v) | PublicMaterial::Raw(v) = &key.public {
+                    p.set_octets(v)?;
+                }
+            }
+        }
+        Ok(1)
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_export`: public parts only.
+    fn p11fwd_keymgmt_export(
+        keydata: *mut c_void,
+        selection: c_int,
+        param_cb: OSSL_CALLBACK,
+        cbarg: *mut c_void,
+    ) -> c_int {
+        // SAFETY: our keydata, live for the call.
+        let key = unsafe { Key::borrow(keydata) }?;
+        export_public(key, selection, param_cb, cbarg)
+    }
+}
+
+/// Calls `cb` with the public parts of `key` that `selection` asks for. Private parts are never
+/// exported: a selection of only the private key fails.
+pub(crate) fn export_public(
+    key: &Key,
+    selection: c_int,
+    cb: OSSL_CALLBACK,
+    cbarg: *mut c_void,
+) -> Result<c_int, Error> {
+    let cb = cb.ok_or(Error::NullPointer("export callback"))?;
+    // Strict, as pkcs11-provider: a private key exports only when nothing but public parts
+    // and parameters are asked for. OpenSSL 3.0 exports with SELECT_ALL when it wants to move
+    // a key to another provider for an operation; failing that makes it use our own
+    // operation instead of a public-only copy that cannot sign.
+    let public_selection =
+        (sys::OSSL_KEYMGMT_SELECT_PUBLIC_KEY | sys::OSSL_KEYMGMT_SELECT_ALL_PARAMETERS) as c_int;
+    if key.has_private() && selection & !public_selection != 0 {
+        return Ok(0);
+    }
+    let public = selection & sys::OSSL_KEYMGMT_SELECT_PUBLIC_KEY as c_int != 0;
+    let domain = selection & sys::OSSL_KEYMGMT_SELECT_DOMAIN_PARAMETERS as c_int != 0;
+    if !public && !domain {
+        return Err(Error::Unsupported("exporting private key material"));
+    }
+    let native = |be: &[u8]| -> Vec<u8> {
+        if cfg!(target_endian = "little") {
+            be.iter().rev().copied().collect()
+        } else {
+            be.to_vec()
+        }
+    };
+    let rc = match (&key.public, key.kind) {
+        (PublicMaterial::Rsa { n, e }, _) => {
+            if !public {
+                return Ok(1);
+            }
+            let (n, e) = (native(n), native(e));
+            let params = ParamBuilder::new()
+                .biguint_native(sys::OSSL_PKEY_PARAM_RSA_N, &n)
+                .biguint_native(sys::OSSL_PKEY_PARAM_RSA_E, &e)
+                .build();
+            // SAFETY: the caller's callback and argument; the array outlives the call.
+            unsafe { cb(params.as_ptr(), cbarg) }
+        }
+        (PublicMaterial::Ec(point), KeyKind::Ec(curve)) => {
+            let mut b = ParamBuilder::new().utf8(sys::OSSL_PKEY_PARAM_GROUP_NAME, curve.group_name());
+            if public {
+                b = b.octets(sys::OSSL_PKEY_PARAM_PUB_KEY, point);
+            }
+            let params = b.build();
+            // SAFETY: as above.
+            unsafe { cb(params.as_ptr(), cbarg) }
+        }
+        (PublicMaterial::Raw(raw), _) | (PublicMaterial::Ec(raw), _) => {
+            if !public {
+                return Ok(1);
+            }
+            let params = ParamBuilder::new().octets(sys::OSSL_PKEY_PARAM_PUB_KEY, raw).build();
+            // SAFETY: as above.
+            unsafe { cb(params.as_ptr(), cbarg) }
+        }
+    };
+    Ok(rc)
+}
