@@ -313,3 +313,158 @@ fn req_new_works_with_and_without_the_default_provider() {
         }
     }
 }
+
+#[test]
+fn certificates_x509_ca_and_cms() {
+    let env = Env::new(&[Key::Rsa2048, Key::EcP256]);
+    for label in ["rsa2048", "ec-p256"] {
+        let key = env.key_uri(label);
+        // req -x509: self-signed with the token key (the serial needs default's DRBG).
+        let cert = env.path(&format!("{label}.self.pem"));
+        env.ok(&["req", "-x509", "-new", "-key", &key, "-subj", "/CN=self", "-days", "2", "-out", s(&cert)]);
+        let out = run(&mut env.openssl_cmd(&["verify", "-CAfile", s(&cert), s(&cert)]));
+        assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
+        // x509 -req -CA -CAkey: sign a CSR made from a software key; the CA cert is the
+        // token's own certificate, so X509_check_private_key compares the token key with it.
+        let leaf_key = env.path("leaf.key");
+        run(&mut env.openssl_cmd(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", s(&leaf_key)]));
+        let leaf_csr = env.path("leaf.csr");
+        run(&mut env.openssl_cmd(&["req", "-new", "-key", s(&leaf_key), "-subj", "/CN=leaf", "-out", s(&leaf_csr)]));
+        let leaf = env.path(&format!("{label}.leaf.pem"));
+        env.ok(&[
+            "x509", "-req", "-in", s(&leaf_csr), "-CA", s(&env.token.cert_pem(label)), "-CAkey", &key,
+            "-CAcreateserial", "-days", "2", "-out", s(&leaf),
+        ]);
+        let out = run(&mut env.openssl_cmd(&["verify", "-CAfile", s(&env.token.cert_pem(label)), s(&leaf)]));
+        assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
+        // cms -sign with the token key and its certificate; verified in software.
+        let signed = env.path(&format!("{label}.cms"));
+        env.ok(&[
+            "cms", "-sign", "-in", "data.txt", "-signer", s(&env.token.cert_pem(label)), "-inkey", &key,
+            "-nodetach", "-outform", "PEM", "-out", s(&signed),
+        ]);
+        let out = run(&mut env.openssl_cmd(&[
+            "cms", "-verify", "-in", s(&signed), "-inform", "PEM", "-CAfile", s(&env.token.cert_pem(label)),
+            "-out", s(&env.path("cms.out")),
+        ]));
+        assert!(out.stderr.contains("Verification successful"), "{}{}", out.stdout, out.stderr);
+    }
+}
+
+#[test]
+fn ca_keyfile_signs_with_the_token_key() {
+    let env = Env::new(&[Key::EcP256]);
+    let dir = env.path("demoCA");
+    std::fs::create_dir_all(dir.join("newcerts")).unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("serial"), "1000\n").unwrap();
+    let conf = env.path("ca.cnf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[ca]\ndefault_ca = CA_default\n[CA_default]\ndir = {}\ndatabase = $dir/index.txt\n\
+             new_certs_dir = $dir/newcerts\nserial = $dir/serial\ndefault_md = sha256\n\
+             policy = policy_any\ndefault_days = 2\n[policy_any]\ncommonName = supplied\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let leaf_key = env.path("leaf.key");
+    run(&mut env.openssl_cmd(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", s(&leaf_key)]));
+    let csr = env.path("leaf.csr");
+    run(&mut env.openssl_cmd(&["req", "-new", "-key", s(&leaf_key), "-subj", "/CN=leaf", "-out", s(&csr)]));
+    let out_cert = env.path("leaf.pem");
+    env.ok(&[
+        "ca", "-batch", "-config", s(&conf), "-cert", s(&env.token.cert_pem("ec-p256")), "-keyfile",
+        &env.key_uri("ec-p256"), "-in", s(&csr), "-out", s(&out_cert),
+    ]);
+    let out = run(&mut env.openssl_cmd(&["verify", "-CAfile", s(&env.token.cert_pem("ec-p256")), s(&out_cert)]));
+    assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn pkeyutl_signs_digests_and_raw_rsa() {
+    let env = Env::new(&[Key::Rsa2048, Key::EcP384]);
+    let digest = env.path("digest.bin");
+    let out = run(&mut env.openssl_cmd(&["dgst", "-sha256", "-binary", "-out", s(&digest), "data.txt"]));
+    assert!(out.success());
+    for (label, opts) in [
+        ("rsa2048", vec!["-pkeyopt", "digest:sha256"]),
+        ("rsa2048", vec!["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "digest:sha256", "-pkeyopt", "rsa_pss_saltlen:digest"]),
+        ("ec-p384", vec!["-pkeyopt", "digest:sha256"]),
+    ] {
+        let sig = env.path("pkeyutl.sig");
+        let key_uri = env.key_uri(label);
+        let mut args = vec!["pkeyutl", "-sign", "-inkey", &key_uri];
+        args.extend(["-in", s(&digest), "-out", s(&sig)]);
+        args.extend(opts.iter().copied());
+        env.ok(&args);
+        let pubkey = env.token.public_pem(label);
+        let mut vargs = vec![
+            "pkeyutl", "-verify", "-pubin", "-inkey", s(&pubkey), "-in", s(&digest), "-sigfile", s(&sig),
+        ];
+        vargs.extend(opts.iter().copied());
+        let out = run(&mut env.openssl_cmd(&vargs));
+        assert!(out.stdout.contains("Signature Verified Successfully"), "{label} {opts:?}: {}{}", out.stdout, out.stderr);
+    }
+    // Raw RSA (rsa_padding_mode:none) is implemented (CKM_RSA_X_509), but OpenSSL 3.0's
+    // pkeyutl refuses to sign inputs longer than a digest, so the CLI cannot reach it.
+}
+
+#[test]
+fn storeutl_lists_objects_with_uris_that_resolve_to_themselves() {
+    let env = Env::new(&[Key::Rsa2048, Key::EcP256, Key::Ed25519]);
+    let all = format!("{}?pin-value={}", env.token.uri(), env.token.user_pin());
+    let out = env.ok(&["storeutl", "-text", &all]);
+    // 2 certificates, 3 public keys, 3 private keys.
+    assert!(out.stdout.contains("Total found: 8"), "{}", out.stdout);
+    let uris: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("URI "))
+        .collect();
+    assert_eq!(uris.len(), 6, "{}", out.stdout);
+    for uri in uris {
+        let with_pin = format!("{uri}?pin-value={}", env.token.user_pin());
+        let again = env.ok(&["storeutl", "-text", &with_pin]);
+        assert!(again.stdout.contains("Total found: 1"), "{uri}: {}", again.stdout);
+        assert!(again.stdout.contains(&format!("URI {uri}")), "{uri}: {}", again.stdout);
+    }
+    // Certificates come back as DER, identical to the fixture's.
+    let out = env.ok(&["storeutl", "-certs", &format!("{};object=ec-p256", env.token.uri())]);
+    let fixture = std::fs::read_to_string(env.token.cert_pem("ec-p256")).unwrap();
+    assert!(out.stdout.contains(fixture.trim()), "{}", out.stdout);
+    // Search by subject.
+    let out = env.ok(&["storeutl", "-certs", "-subject", "/CN=rsa2048/O=p11fwd-test", &env.token.uri()]);
+    assert!(out.stdout.contains("Total found: 1"), "{}", out.stdout);
+}
+
+#[test]
+fn pkey_pubout_text_and_equality_with_the_file_key() {
+    let env = Env::new(&[Key::Rsa2048, Key::EcP256, Key::EcP384, Key::Ed25519]);
+    for label in ["rsa2048", "ec-p256", "ec-p384", "ed25519"] {
+        env.export_public(label);
+        // DER output too.
+        let der = env.path(&format!("{label}.pub.der"));
+        env.ok(&["pkey", "-in", &env.key_uri(label), "-pubout", "-outform", "DER", "-out", s(&der)]);
+        assert_eq!(std::fs::read(&der).unwrap(), std::fs::read(env.token.public_der(label)).unwrap());
+        let out = env.ok(&["pkey", "-in", &env.key_uri(label), "-text", "-noout"]);
+        assert!(out.stdout.contains("URI pkcs11:"), "{}", out.stdout);
+        assert!(out.stdout.contains(&format!("object={label};type=private")), "{}", out.stdout);
+        // The public key found by a public-key request, and from the private key's URI.
+        let out = env.ok(&["pkey", "-pubin", "-in", &env.token.object_uri(label), "-pubout"]);
+        let fixture = std::fs::read_to_string(env.token.public_pem(label)).unwrap();
+        assert_eq!(out.stdout, fixture);
+    }
+}
+
+#[test]
+fn always_authenticate_key_logs_in_per_signature() {
+    let env = Env::new(&[Key::RsaAlwaysAuth]);
+    let pubkey = env.token.public_pem("rsa-always-auth");
+    for i in 0..2 {
+        let sig = env.path(&format!("aa{i}.sig"));
+        env.ok(&["dgst", "-sha256", "-sign", &env.key_uri("rsa-always-auth"), "-out", s(&sig), "data.txt"]);
+        env.verify(&pubkey, &sig, &["-sha256"]);
+    }
+}
