@@ -166,8 +166,8 @@ const ATTRS: &[(u64, u32)] = &[
     (CKA_SERIAL_NUMBER, 64),
 ];
 
-/// `CKA_VALUE` is read for certificates only, in a second request, so that a private key's
-/// sensitive value is never even asked for.
+/// `CKA_VALUE` is read for certificates only, in a second request and only when needed
+/// ([`Link::certificate_values`]), so that a private key's sensitive value is never asked for.
 const CERT_VALUE_BUF: u32 = 16384;
 
 impl Backend {
@@ -460,6 +460,12 @@ fn clone_error(e: &p11fwd_wire::Error) -> p11fwd_wire::Error {
 }
 
 impl Link {
+    /// Sends `batch` in one write and collects the replies: one round trip.
+    pub(crate) fn batch(&self, batch: &[Request]) -> Vec<Result<Vec<Arg>, p11fwd_wire::Error>> {
+        tracing::debug!(calls = ?batch.iter().map(|r| r.call.name()).collect::<Vec<_>>(), "round trip");
+        self.client.connection().call_batch(batch)
+    }
+
     /// Logs in to `token` on `session` (one round trip), unless the connection already is.
     pub(crate) fn login(&self, token: &Token, session: u64, auth: &Auth) -> Result<(), Error> {
         let Auth::User(pin) = auth else {
@@ -470,9 +476,9 @@ impl Link {
         }
         token.check_pin_allowed(pin.as_ref())?;
         let r = self
-            .client
-            .connection()
-            .call(&req::login(session, CKU_USER, pin.as_ref().map(|p| p.as_bytes())));
+            .batch(&[req::login(session, CKU_USER, pin.as_ref().map(|p| p.as_bytes()))])
+            .pop()
+            .unwrap_or(Err(p11fwd_wire::Error::Closed));
         token.record_login(&r, pin.as_ref())
     }
 
@@ -505,7 +511,7 @@ impl Link {
         batch.push(req::find_objects_init(session, template));
         batch.push(req::find_objects(session, FIND_BATCH));
         batch.push(req::find_objects_final(session));
-        let mut replies = self.client.connection().call_batch(&batch).into_iter();
+        let mut replies = self.batch(&batch).into_iter();
         if login_sent {
             let r = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
             if let Err(e) = token.record_login(&r, login_pin) {
@@ -544,8 +550,8 @@ impl Link {
         Ok(all)
     }
 
-    /// Reads [`ATTRS`] of every object in one round trip (plus one for certificate values, and
-    /// a retry for any buffer that was too small).
+    /// Reads [`ATTRS`] of every object in one round trip (plus a retry for any buffer that was
+    /// too small).
     pub(crate) fn attributes(&self, session: u64, handles: &[u64]) -> Result<Vec<ObjectAttrs>, Error> {
         if handles.is_empty() {
             return Ok(Vec::new());
@@ -564,7 +570,7 @@ impl Link {
             .iter()
             .map(|&h| req::get_attribute_value(session, h, template()))
             .collect();
-        let replies = self.client.connection().call_batch(&batch);
+        let replies = self.batch(&batch);
         let mut out = Vec::with_capacity(handles.len());
         for (&handle, reply) in handles.iter().zip(replies) {
             let attrs = match reply {
@@ -597,7 +603,11 @@ impl Link {
             }
             out.push(o);
         }
-        // Certificate bodies.
+        Ok(out)
+    }
+
+    /// Reads `CKA_VALUE` of the certificates among `objects` (one round trip, if any).
+    pub(crate) fn certificate_values(&self, session: u64, out: &mut [ObjectAttrs]) -> Result<(), Error> {
         let certs: Vec<usize> = out
             .iter()
             .enumerate()
@@ -619,7 +629,7 @@ impl Link {
                     )
                 })
                 .collect();
-            let replies = self.client.connection().call_batch(&batch);
+            let replies = self.batch(&batch);
             for (&i, reply) in certs.iter().zip(replies) {
                 let Ok(args) = reply else { continue };
                 let (attrs, _) = parse::attributes(args)?;
@@ -635,7 +645,7 @@ impl Link {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// One attribute, with a size query first (for values larger than the generous buffers).

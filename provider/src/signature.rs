@@ -466,7 +466,7 @@ impl SigCtx {
         drop(pin);
         batch.push(req::data_in_out(d, CallId::Sign, s, input, cap));
         tracing::debug!(mechanism = mech.ty, input = input.len(), "sign");
-        let mut replies = link.client.connection().call_batch(&batch).into_iter();
+        let mut replies = link.batch(&batch).into_iter();
         let init = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
         let login = if context_login {
             replies.next().map(|r| r.map(|_| ()))

@@ -332,7 +332,7 @@ impl StoreCtx {
         let class = match wanted {
             [c] if *c != ObjectClass::PrivateKey => Some(*c),
             [c] if self.uri.object().is_none() && self.uri.id().is_none() => Some(*c),
-            _ => self.uri.object_type(),
+            _ => None,
         };
         let session = token.session(link)?;
         let (mut handles, login_error) = link.find(token, session.handle, self.template(class), &auth)?;
@@ -387,6 +387,18 @@ impl StoreCtx {
                 handles.extend(&more);
                 objects.extend(link.attributes(session.handle, &more)?);
             }
+        }
+        // Certificate bodies: when certificates were asked for, or are the only source of a
+        // key's public part.
+        let key_without_public = objects.iter().any(|o| {
+            o.class == Some(CKO_PRIVATE_KEY)
+                && o.key_type != Some(CKK_RSA)
+                && !objects
+                    .iter()
+                    .any(|p| p.class == Some(CKO_PUBLIC_KEY) && p.id == o.id && p.ec_point.is_some())
+        });
+        if wanted.contains(&ObjectClass::Certificate) || key_without_public {
+            link.certificate_values(session.handle, &mut objects)?;
         }
         drop(session);
         self.collect(link, token, wanted, &objects, pin_used)

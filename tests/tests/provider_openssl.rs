@@ -67,6 +67,10 @@ impl Env {
             .env_remove("P11FWD_DEBUG")
             .env_remove("P11_KIT_SERVER_ADDRESS")
             .current_dir(self.scratch.path());
+        // P11FWD_TEST_DEBUG=<filter> passes a trace filter through to the provider.
+        if let Some(filter) = std::env::var_os("P11FWD_TEST_DEBUG") {
+            cmd.env("P11FWD_DEBUG", filter);
+        }
         cmd
     }
 
@@ -467,4 +471,200 @@ fn always_authenticate_key_logs_in_per_signature() {
         env.ok(&["dgst", "-sha256", "-sign", &env.key_uri("rsa-always-auth"), "-out", s(&sig), "data.txt"]);
         env.verify(&pubkey, &sig, &["-sha256"]);
     }
+}
+
+/// A server process we start ourselves (for pkcs11-spy, or `p11fwd server`).
+struct OwnServer {
+    child: std::process::Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    fn start(program: &Path, module: &Path, token: &TestToken, env: &[(&str, &Path)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("server.sock");
+        let child = Command::new(program)
+            .envs(token.env())
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .arg("server")
+            .arg("-f")
+            .arg("--provider")
+            .arg(module)
+            .arg("-n")
+            .arg(&socket)
+            .arg(token.uri())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "{} did not create its socket", program.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket, _dir: dir }
+    }
+
+    fn address(&self) -> String {
+        format!("unix:path={}", p11fwd_tests::percent_encode(s(&self.socket)))
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn wrong_pin_reaches_the_token_exactly_once() {
+    let mut env = Env::new(&[Key::EcP256]);
+    let spy_log = env.path("spy.log");
+    let server = OwnServer::start(
+        &p11fwd_tests::require_tool("p11-kit"),
+        Path::new("/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"),
+        &env.token,
+        &[("PKCS11SPY", env.token.module_path()), ("PKCS11SPY_OUTPUT", &spy_log)],
+    );
+    env.address = server.address();
+    let uri = format!("{};type=private?pin-value=999999", env.token.object_uri("ec-p256"));
+    let sig = env.path("never.sig");
+    let out = env.ossl(&["dgst", "-sha256", "-sign", &uri, "-out", s(&sig), "data.txt"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("PIN incorrect"), "{}", out.stderr);
+    assert!(out.stderr.contains("not retried"), "{}", out.stderr);
+    drop(server);
+    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
+    let logins = log.matches("C_Login").count();
+    assert_eq!(logins, 1, "C_Login calls seen by the token:\n{log}");
+}
+
+#[test]
+fn bad_input_fails_clearly_and_quickly() {
+    let env = Env::new(&[Key::EcP256, Key::EcP384]);
+    let cases: Vec<(String, &str)> = vec![
+        ("pkcs11:object=ec-p256;bogus%zz".to_owned(), "malformed pkcs11 URI"),
+        (format!("{};object=nothing-here?pin-value=123456", env.token.uri()), "no object matches the URI"),
+        // Both EC keys match a URI naming only the token.
+        (format!("{};type=private?pin-value=123456", env.token.uri()), "several objects match the URI"),
+    ];
+    for (uri, reason) in cases {
+        let sig = env.path("bad.sig");
+        let out = env.ossl(&["dgst", "-sha256", "-sign", &uri, "-out", s(&sig), "data.txt"]);
+        assert!(!out.success(), "{uri} succeeded");
+        assert!(out.stderr.contains(reason), "{uri}: expected {reason:?} in\n{}", out.stderr);
+        // (openssl itself echoes the URI it was given; our own messages never hold the PIN.)
+        for line in out.stderr.lines().filter(|l| l.contains(":p11fwd:")) {
+            assert!(!line.contains("123456"), "PIN leaked: {line}");
+        }
+    }
+    let out = env.ossl(&["dgst", "-sha256", "-sign", &format!("{};type=private?pin-value=123456", env.token.uri()), "data.txt"]);
+    assert!(out.stderr.contains("object=ec-p384;type=private"), "the candidates are listed: {}", out.stderr);
+    // No PIN anywhere and no terminal: a clear "PIN required", no prompt, no hang.
+    let no_pin = format!("{};type=private", env.token.object_uri("ec-p256"));
+    let out = run_with(
+        env.openssl_cmd(&["pkey", "-provider", "p11fwd", "-provider", "default", "-in", &no_pin, "-pubout"])
+            .env("OPENSSL_CONF", env.path("empty.cnf")),
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(!out.success());
+    assert!(out.stderr.contains("PIN required") || out.stderr.contains("needs a PIN"), "{}", out.stderr);
+}
+
+#[test]
+fn server_down_fails_with_a_clear_message_in_bounded_time() {
+    let mut env = Env::new(&[Key::EcP256]);
+    env.address = format!("unix:path={}", s(&env.path("nobody-listens.sock")));
+    let started = Instant::now();
+    let out = env.ossl(&["pkey", "-in", &env.key_uri("ec-p256"), "-pubout"]);
+    assert!(!out.success());
+    assert!(out.stderr.contains("cannot reach the p11fwd server"), "{}", out.stderr);
+    assert!(out.stderr.contains("nobody-listens.sock"), "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A server that accepts and then never answers: the per-call timeout ends it.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let _accepting = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    env.address = format!("unix:path={}", s(&sock));
+    let started = Instant::now();
+    let mut cmd = env.openssl_cmd(&["pkey", "-provider", "p11fwd", "-provider", "default", "-in", &env.key_uri("ec-p256"), "-pubout"]);
+    cmd.env("P11FWD_TIMEOUT", "2");
+    let out = run(&mut cmd);
+    assert!(!out.success());
+    assert!(out.stderr.contains("cannot reach the p11fwd server"), "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn round_trips_per_key_load_signature_and_csr() {
+    let mut env = Env::new(&[Key::EcP256, Key::Rsa2048]);
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(relay_dir.path().join("relay.sock"), env.server.socket_path(), Duration::ZERO).unwrap();
+    env.address = relay.address();
+    for label in ["ec-p256", "rsa2048"] {
+        relay.reset_stats();
+        env.ok(&["pkey", "-in", &env.key_uri(label), "-pubout", "-out", s(&env.path("rt.pub"))]);
+        let load = relay.stats().round_trips;
+        if std::env::var_os("P11FWD_TEST_DEBUG").is_some() {
+            let out = env.ok(&["pkey", "-in", &env.key_uri(label), "-pubout", "-out", s(&env.path("rt.pub"))]);
+            eprintln!("{}", out.stderr);
+        }
+        relay.reset_stats();
+        env.ok(&["dgst", "-sha256", "-sign", &env.key_uri(label), "-out", s(&env.path("rt.sig")), "data.txt"]);
+        let sign = relay.stats().round_trips;
+        relay.reset_stats();
+        env.ok(&["req", "-new", "-key", &env.key_uri(label), "-subj", "/CN=rt", "-out", s(&env.path("rt.csr"))]);
+        let csr = relay.stats().round_trips;
+        println!("{label}: key load {load} round trips, load + 1 signature {sign}, req -new {csr}");
+        assert!(load <= 5, "key load took {load} round trips");
+        assert_eq!(sign, load + 1, "one round trip per signature");
+        assert!(csr <= 6, "req -new took {csr} round trips");
+    }
+}
+
+#[test]
+fn works_behind_p11fwd_server_too() {
+    let mut env = Env::new(&[Key::EcP256, Key::Rsa2048, Key::Ed25519]);
+    let server = OwnServer::start(
+        &p11fwd_tests::artifacts::forwarder_bin(),
+        env.token.module_path(),
+        &env.token,
+        &[],
+    );
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(relay_dir.path().join("relay.sock"), &server.socket, Duration::ZERO).unwrap();
+    env.address = relay.address();
+    for label in ["ec-p256", "rsa2048"] {
+        relay.reset_stats();
+        let pubkey = env.export_public(label);
+        let load = relay.stats().round_trips;
+        relay.reset_stats();
+        let sig = env.path("fwd.sig");
+        env.ok(&["dgst", "-sha256", "-sign", &env.key_uri(label), "-out", s(&sig), "data.txt"]);
+        env.verify(&pubkey, &sig, &["-sha256"]);
+        let sign = relay.stats().round_trips;
+        relay.reset_stats();
+        env.ok(&["req", "-new", "-key", &env.key_uri(label), "-subj", "/CN=fwd", "-out", s(&env.path("fwd.csr"))]);
+        let csr = relay.stats().round_trips;
+        println!("p11fwd server, {label}: key load {load}, load + 1 signature {sign}, req -new {csr}");
+        assert_eq!(sign, load + 1);
+        assert!(load <= 5 && csr <= 6);
+    }
+    let sig = env.path("fwd-ed.sig");
+    env.ok(&["pkeyutl", "-sign", "-rawin", "-inkey", &env.key_uri("ed25519"), "-in", "data.txt", "-out", s(&sig)]);
+    let out = run(&mut env.openssl_cmd(&[
+        "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", s(&env.token.public_pem("ed25519")), "-in",
+        "data.txt", "-sigfile", s(&sig),
+    ]));
+    assert!(out.stdout.contains("Signature Verified Successfully"), "{}{}", out.stdout, out.stderr);
 }
