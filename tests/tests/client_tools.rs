@@ -1,0 +1,380 @@
+//! `p11fwd-client.so` under OpenSC's `pkcs11-tool` and GnuTLS's `p11tool` and `certtool`,
+//! against a stock `p11-kit server` (0.24.1, protocol version 0) and `p11fwd server` (version 2),
+//! with the full SoftHSM test token. Signatures and certificates are checked with `openssl`.
+#![allow(clippy::unwrap_used)] // Tests unwrap: a panic is a test failure.
+
+mod client_common;
+
+use std::path::Path;
+use std::process::Command;
+
+use client_common::{Kind, Server, mechanism_names, module, openssl, spki};
+use p11fwd_tests::{P11Env, P11KIT_CLIENT_MODULE, TestToken, require_tool};
+
+fn pkcs11_tool(env: &P11Env, module: &Path, args: &[&str]) -> Command {
+    let mut cmd = env.command(require_tool("pkcs11-tool"));
+    cmd.arg("--module").arg(module).args(args);
+    cmd
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn pkcs11_tool_works(kind: Kind) {
+    let token = TestToken::full();
+    let server = Server::start(kind, &token);
+    let env = server.p11env();
+    let ours = module();
+    let pin = token.user_pin();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |n: &str| s(&dir.path().join(n));
+
+    // -L, -O
+    env.run_ok(&mut pkcs11_tool(&env, &ours, &["-L"]))
+        .assert_stdout_contains("token label        : p11fwd-test");
+    let objects = env
+        .run_ok(&mut pkcs11_tool(
+            &env,
+            &ours,
+            &["-O", "--login", "--pin", pin],
+        ))
+        .stdout;
+    for label in [
+        "rsa2048",
+        "rsa-pss",
+        "ec-p256",
+        "ec-p384",
+        "ec-p521",
+        "ed25519",
+        "ed448",
+        "aes256",
+        "rsa-always-auth",
+    ] {
+        assert!(
+            objects.contains(&format!("label:      {label}")),
+            "{label} missing:\n{objects}"
+        );
+    }
+    assert!(objects.contains("Certificate Object"), "{objects}");
+
+    // -M: no hiding, compared with the stock client on the same server.
+    let listing = env.run_ok(&mut pkcs11_tool(&env, &ours, &["-M"])).stdout;
+    let ours_m = mechanism_names(&listing);
+    let stock_m = mechanism_names(
+        &env.run_ok(&mut pkcs11_tool(
+            &env,
+            Path::new(P11KIT_CLIENT_MODULE),
+            &["-M"],
+        ))
+        .stdout,
+    );
+    eprintln!(
+        "{kind:?}: -M lists {} mechanisms through p11fwd-client.so, {} through p11-kit-client.so",
+        ours_m.len(),
+        stock_m.len()
+    );
+    for m in &stock_m {
+        assert!(ours_m.contains(m), "{m} hidden by us:\n{listing}");
+    }
+    for m in [
+        "EDDSA",
+        "SHA256-RSA-PKCS-PSS",
+        "AES-CBC",
+        "AES-CBC-PAD",
+        "EC-EDWARDS-KEY-PAIR-GEN",
+    ] {
+        assert!(ours_m.iter().any(|x| x == m), "{m} missing:\n{listing}");
+        assert!(
+            !stock_m.iter().any(|x| x == m),
+            "{m} shown by the stock client"
+        );
+    }
+    assert_eq!(
+        ours_m.iter().any(|x| x == "ECDH1-DERIVE"),
+        kind == Kind::Fwd
+    );
+
+    // --sign / --verify: ECDSA P-256 over a SHA-256 digest, checked by openssl.
+    let data = file("data");
+    std::fs::write(&data, b"signed through p11fwd-client.so").unwrap();
+    let digest = file("digest");
+    openssl(&["dgst", "-sha256", "-binary", "-out", &digest, &data]);
+    let sig = file("ec.sig");
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--login",
+            "--pin",
+            pin,
+            "--sign",
+            "--id",
+            "03",
+            "-m",
+            "ECDSA",
+            "--signature-format",
+            "openssl",
+            "-i",
+            &digest,
+            "-o",
+            &sig,
+        ],
+    ));
+    openssl(&[
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        &s(&token.public_pem("ec-p256")),
+        "-in",
+        &digest,
+        "-sigfile",
+        &sig,
+    ]);
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--verify",
+            "--id",
+            "03",
+            "-m",
+            "ECDSA",
+            "--signature-format",
+            "openssl",
+            "-i",
+            &digest,
+            "--signature-file",
+            &sig,
+        ],
+    ))
+    .assert_stdout_contains("Signature is valid");
+
+    // RSA PKCS#1 v1.5 and hashed PSS (hidden by the stock 0.24 client).
+    let rsa_sig = file("rsa.sig");
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--login",
+            "--pin",
+            pin,
+            "--sign",
+            "--id",
+            "01",
+            "-m",
+            "SHA256-RSA-PKCS",
+            "-i",
+            &data,
+            "-o",
+            &rsa_sig,
+        ],
+    ));
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        &s(&token.public_pem("rsa2048")),
+        "-signature",
+        &rsa_sig,
+        &data,
+    ]);
+    let pss_sig = file("pss.sig");
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--login",
+            "--pin",
+            pin,
+            "--sign",
+            "--id",
+            "02",
+            "-m",
+            "SHA256-RSA-PKCS-PSS",
+            "-i",
+            &data,
+            "-o",
+            &pss_sig,
+        ],
+    ));
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        &s(&token.public_pem("rsa-pss")),
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:-1",
+        "-signature",
+        &pss_sig,
+        &data,
+    ]);
+    // Ed25519 (CKM_EDDSA, hidden by every stock client).
+    let ed_sig = file("ed.sig");
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--login", "--pin", pin, "--sign", "--id", "06", "-m", "EDDSA", "-i", &data, "-o",
+            &ed_sig,
+        ],
+    ));
+    openssl(&[
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        &s(&token.public_pem("ed25519")),
+        "-rawin",
+        "-in",
+        &data,
+        "-sigfile",
+        &ed_sig,
+    ]);
+
+    // --decrypt of what openssl encrypted to the token's RSA key.
+    let ct = file("ct");
+    let pt = file("pt");
+    openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        &s(&token.public_pem("rsa2048")),
+        "-in",
+        &data,
+        "-out",
+        &ct,
+    ]);
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--login",
+            "--pin",
+            pin,
+            "--decrypt",
+            "--id",
+            "01",
+            "-m",
+            "RSA-PKCS",
+            "-i",
+            &ct,
+            "-o",
+            &pt,
+        ],
+    ));
+    assert_eq!(std::fs::read(&pt).unwrap(), std::fs::read(&data).unwrap());
+
+    // --keypairgen, then the new key signs.
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--login",
+            "--pin",
+            pin,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "generated",
+            "--id",
+            "42",
+        ],
+    ));
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &["-O", "--login", "--pin", pin],
+    ))
+    .assert_stdout_contains("label:      generated");
+    env.run_ok(&mut pkcs11_tool(
+        &env,
+        &ours,
+        &[
+            "--login", "--pin", pin, "--sign", "--id", "42", "-m", "ECDSA", "-i", &digest, "-o",
+            &sig,
+        ],
+    ));
+    // Random bytes; zero of them too.
+    let rnd = env.run_ok(&mut pkcs11_tool(&env, &ours, &["--generate-random", "64"]));
+    assert_eq!(rnd.stdout_bytes.len(), 64);
+}
+
+#[test]
+fn pkcs11_tool_stock_server() {
+    pkcs11_tool_works(Kind::Stock);
+}
+
+#[test]
+fn pkcs11_tool_p11fwd_server() {
+    pkcs11_tool_works(Kind::Fwd);
+}
+
+fn gnutls_works(kind: Kind) {
+    let token = TestToken::full();
+    let server = Server::start(kind, &token);
+    let env = server.p11env().with("GNUTLS_PIN", token.user_pin());
+    let ours = module();
+    let list = env
+        .run_ok(
+            env.command(require_tool("p11tool"))
+                .arg("--provider")
+                .arg(&ours)
+                .args(["--list-all", "--login"])
+                .arg(token.uri()),
+        )
+        .stdout;
+    for label in ["rsa2048", "ec-p256", "ed25519", "aes256"] {
+        assert!(
+            list.contains(&format!("Label: {label}")),
+            "{label} missing:\n{list}"
+        );
+    }
+    assert!(list.contains("type=private"), "{list}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("cert.cfg");
+    std::fs::write(
+        &template,
+        "cn = p11fwd certtool\nexpiration_days = 30\nsigning_key\n",
+    )
+    .unwrap();
+    let cert = dir.path().join("cert.pem");
+    for label in ["ec-p256", "rsa2048"] {
+        let key_uri = format!("{};object={label};type=private", token.uri());
+        env.run_ok(
+            env.command(require_tool("certtool"))
+                .arg("--provider")
+                .arg(&ours)
+                .args([
+                    "--generate-self-signed",
+                    "--load-privkey",
+                    &key_uri,
+                    "--template",
+                ])
+                .arg(&template)
+                .arg("--outfile")
+                .arg(&cert),
+        );
+        openssl(&["verify", "-CAfile", &s(&cert), &s(&cert)]);
+        assert_eq!(
+            spki("x509", &cert, false),
+            spki("pkey", &token.public_pem(label), false)
+        );
+    }
+}
+
+#[test]
+fn gnutls_stock_server() {
+    gnutls_works(Kind::Stock);
+}
+
+#[test]
+fn gnutls_p11fwd_server() {
+    gnutls_works(Kind::Fwd);
+}
