@@ -35,7 +35,7 @@ pub use forwarder::{
 pub use p11env::P11Env;
 pub use run::{RunOutput, require_tool, run_fail, run_ok};
 pub use stock::StockServer;
-pub use token::{DEFAULT_LABEL, Key, SO_PIN, TestToken, TestTokenBuilder, USER_PIN};
+pub use token::{DEFAULT_LABEL, Key, Profile, SO_PIN, TestToken, TestTokenBuilder, USER_PIN};
 
 /// The SoftHSM module Debian installs (`softhsm2`).
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

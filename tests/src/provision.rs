@@ -1,8 +1,8 @@
 //! The child-process half of [`crate::TestToken`]: initialise a SoftHSM token and import the key
 //! material `openssl` made, with the attributes the fixture promises.
 //!
-//! Run as `p11fwd-test-token MODULE DIR LABEL SO_PIN USER_PIN KEY...` with `SOFTHSM2_CONF` set;
-//! `DIR` holds the files written by the parent (see `token.rs`).
+//! Run as `p11fwd-test-token MODULE DIR LABEL SO_PIN USER_PIN [--profile=fixture|vectors] KEY...`
+//! with `SOFTHSM2_CONF` set; `DIR` holds the files written by the parent (see `token.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +12,7 @@ use cryptoki_sys::*;
 
 use crate::der::{self, Reader, TAG_BIT_STRING, TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE};
 use crate::ffi::{Attr, Module};
-use crate::token::Key;
+use crate::token::{Key, Profile};
 
 const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -34,7 +34,14 @@ pub fn main() -> ExitCode {
 
 fn run(args: &[String]) -> Result<()> {
     let [module, dir, label, so_pin, user_pin, keys @ ..] = args else {
-        bail!("usage: p11fwd-test-token MODULE DIR LABEL SO_PIN USER_PIN KEY...");
+        bail!("usage: p11fwd-test-token MODULE DIR LABEL SO_PIN USER_PIN [--profile=P] KEY...");
+    };
+    let (profile, keys) = match keys.split_first() {
+        Some((first, rest)) if first.starts_with("--profile=") => (
+            Profile::from_arg(first).with_context(|| format!("unknown profile {first:?}"))?,
+            rest,
+        ),
+        _ => (Profile::Fixture, keys),
     };
     ensure!(
         std::env::var_os("SOFTHSM2_CONF").is_some(),
@@ -60,7 +67,7 @@ fn run(args: &[String]) -> Result<()> {
         .login(session, CKU_USER, user_pin)
         .context("user login")?;
     for key in keys {
-        import(&module, session, &dir, key).with_context(|| format!("creating {key}"))?;
+        import(&module, session, &dir, key, profile).with_context(|| format!("creating {key}"))?;
     }
     module.logout(session)?;
     module.close_session(session)?;
@@ -91,12 +98,17 @@ fn slot_by_label(module: &Module, label: &str) -> Result<CK_SLOT_ID> {
 }
 
 /// The attributes every object of `key` carries.
-fn common(class: CK_OBJECT_CLASS, key: Key) -> Vec<Attr> {
+fn common(class: CK_OBJECT_CLASS, key: Key, profile: Profile) -> Vec<Attr> {
+    let label = if class == CKO_CERTIFICATE {
+        profile.cert_label(key)
+    } else {
+        key.label().to_owned()
+    };
     vec![
         Attr::ulong(CKA_CLASS, class),
         Attr::bool(CKA_TOKEN, true),
-        Attr::bytes(CKA_LABEL, key.label()),
-        Attr::bytes(CKA_ID, [key.id()]),
+        Attr::bytes(CKA_LABEL, label),
+        Attr::bytes(CKA_ID, [profile.id(key)]),
     ]
 }
 
@@ -122,8 +134,13 @@ fn usage(all: &[CK_ATTRIBUTE_TYPE], set: &[CK_ATTRIBUTE_TYPE]) -> impl Iterator<
     all.iter().map(move |ty| Attr::bool(*ty, set.contains(ty)))
 }
 
-fn private_common(key: Key, key_type: CK_KEY_TYPE, set: &[CK_ATTRIBUTE_TYPE]) -> Vec<Attr> {
-    let mut t = common(CKO_PRIVATE_KEY, key);
+fn private_common(
+    key: Key,
+    profile: Profile,
+    key_type: CK_KEY_TYPE,
+    set: &[CK_ATTRIBUTE_TYPE],
+) -> Vec<Attr> {
+    let mut t = common(CKO_PRIVATE_KEY, key, profile);
     t.extend([
         Attr::ulong(CKA_KEY_TYPE, key_type),
         Attr::bool(CKA_PRIVATE, true),
@@ -134,8 +151,13 @@ fn private_common(key: Key, key_type: CK_KEY_TYPE, set: &[CK_ATTRIBUTE_TYPE]) ->
     t
 }
 
-fn public_common(key: Key, key_type: CK_KEY_TYPE, set: &[CK_ATTRIBUTE_TYPE]) -> Vec<Attr> {
-    let mut t = common(CKO_PUBLIC_KEY, key);
+fn public_common(
+    key: Key,
+    profile: Profile,
+    key_type: CK_KEY_TYPE,
+    set: &[CK_ATTRIBUTE_TYPE],
+) -> Vec<Attr> {
+    let mut t = common(CKO_PUBLIC_KEY, key, profile);
     t.extend([
         Attr::ulong(CKA_KEY_TYPE, key_type),
         Attr::bool(CKA_PRIVATE, false),
@@ -184,13 +206,19 @@ fn parse_spki(der: &[u8]) -> Result<Vec<u8>> {
     Ok(bits[1..].to_vec())
 }
 
-fn import(module: &Module, session: CK_SESSION_HANDLE, dir: &Path, key: Key) -> Result<()> {
+fn import(
+    module: &Module,
+    session: CK_SESSION_HANDLE,
+    dir: &Path,
+    key: Key,
+    profile: Profile,
+) -> Result<()> {
     let read = |ext: &str| {
         let path = dir.join(format!("{}.{ext}", key.label()));
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     };
     if key == Key::Aes256 {
-        let mut t = common(CKO_SECRET_KEY, key);
+        let mut t = common(CKO_SECRET_KEY, key, profile);
         t.extend([
             Attr::ulong(CKA_KEY_TYPE, CKK_AES),
             Attr::bytes(CKA_VALUE, read("key")?),
@@ -227,12 +255,12 @@ fn import(module: &Module, session: CK_SESSION_HANDLE, dir: &Path, key: Key) -> 
     let cert_info = cert.as_deref().map(der::cert_info).transpose()?;
 
     let (mut private, mut public) = match pkcs8.algorithm {
-        OID_RSA => rsa_templates(key, pkcs8.private_key)?,
+        OID_RSA => rsa_templates(key, profile, pkcs8.private_key)?,
         OID_EC_PUBLIC_KEY => {
             let params = pkcs8
                 .parameters
                 .context("EC key without curve parameters")?;
-            ec_templates(key, params, pkcs8.private_key, &public)?
+            ec_templates(key, profile, params, pkcs8.private_key, &public)?
         }
         OID_ED25519 | OID_ED448 | OID_X25519 => {
             let key_type = if pkcs8.algorithm == OID_X25519 {
@@ -251,12 +279,12 @@ fn import(module: &Module, session: CK_SESSION_HANDLE, dir: &Path, key: Key) -> 
             } else {
                 (&[CKA_DERIVE], &[])
             };
-            let mut private = private_common(key, key_type, usage_private);
+            let mut private = private_common(key, profile, key_type, usage_private);
             private.extend([
                 Attr::bytes(CKA_EC_PARAMS, params.clone()),
                 Attr::bytes(CKA_VALUE, seed),
             ]);
-            let mut public_t = public_common(key, key_type, usage_public);
+            let mut public_t = public_common(key, profile, key_type, usage_public);
             public_t.extend([
                 Attr::bytes(CKA_EC_PARAMS, params),
                 Attr::bytes(CKA_EC_POINT, der::encode(TAG_OCTET_STRING, &public)),
@@ -265,7 +293,8 @@ fn import(module: &Module, session: CK_SESSION_HANDLE, dir: &Path, key: Key) -> 
         }
         other => bail!("unexpected key algorithm OID {other:02x?}"),
     };
-    if let Some(info) = &cert_info {
+    // The capture token's keys were generated on the token, without a subject.
+    if let Some(info) = cert_info.as_ref().filter(|_| profile == Profile::Fixture) {
         private.push(Attr::bytes(CKA_SUBJECT, info.subject));
         public.push(Attr::bytes(CKA_SUBJECT, info.subject));
     }
@@ -277,7 +306,7 @@ fn import(module: &Module, session: CK_SESSION_HANDLE, dir: &Path, key: Key) -> 
         .context("public key")?;
 
     if let (Some(cert), Some(info)) = (&cert, &cert_info) {
-        let mut t = common(CKO_CERTIFICATE, key);
+        let mut t = common(CKO_CERTIFICATE, key, profile);
         t.extend([
             Attr::ulong(CKA_CERTIFICATE_TYPE, CKC_X_509),
             Attr::bool(CKA_PRIVATE, false),
@@ -291,7 +320,11 @@ fn import(module: &Module, session: CK_SESSION_HANDLE, dir: &Path, key: Key) -> 
     Ok(())
 }
 
-fn rsa_templates(key: Key, rsa_private_key: &[u8]) -> Result<(Vec<Attr>, Vec<Attr>)> {
+fn rsa_templates(
+    key: Key,
+    profile: Profile,
+    rsa_private_key: &[u8],
+) -> Result<(Vec<Attr>, Vec<Attr>)> {
     let mut top = Reader::new(rsa_private_key);
     let mut r = top.expect(TAG_SEQUENCE)?.reader();
     r.unsigned()?; // version
@@ -313,7 +346,7 @@ fn rsa_templates(key: Key, rsa_private_key: &[u8]) -> Result<(Vec<Attr>, Vec<Att
         Key::RsaPss => (&[CKA_SIGN], &[CKA_VERIFY]),
         _ => (&[CKA_SIGN, CKA_DECRYPT], &[CKA_VERIFY, CKA_ENCRYPT]),
     };
-    let mut private = private_common(key, CKK_RSA, usage_private);
+    let mut private = private_common(key, profile, CKK_RSA, usage_private);
     private.extend([
         Attr::bytes(CKA_MODULUS, n.clone()),
         Attr::bytes(CKA_PUBLIC_EXPONENT, e.clone()),
@@ -321,12 +354,23 @@ fn rsa_templates(key: Key, rsa_private_key: &[u8]) -> Result<(Vec<Attr>, Vec<Att
     for ty in parts {
         private.push(Attr::bytes(ty, r.unsigned()?));
     }
-    let mut public = public_common(key, CKK_RSA, usage_public);
+    let mut public = public_common(key, profile, CKK_RSA, usage_public);
     public.extend([
         Attr::bytes(CKA_MODULUS, n),
         Attr::bytes(CKA_PUBLIC_EXPONENT, e),
     ]);
     match key {
+        // make-token.c's list (SoftHSM keeps it as a set and returns it sorted).
+        Key::Rsa2048 if profile == Profile::Vectors => private.push(Attr::mechanisms(
+            CKA_ALLOWED_MECHANISMS,
+            vec![
+                CKM_RSA_PKCS,
+                CKM_SHA256_RSA_PKCS,
+                CKM_RSA_PKCS_PSS,
+                CKM_SHA256_RSA_PKCS_PSS,
+                CKM_RSA_PKCS_OAEP,
+            ],
+        )),
         Key::RsaPss => private.push(Attr::mechanisms(
             CKA_ALLOWED_MECHANISMS,
             vec![
@@ -344,6 +388,7 @@ fn rsa_templates(key: Key, rsa_private_key: &[u8]) -> Result<(Vec<Attr>, Vec<Att
 
 fn ec_templates(
     key: Key,
+    profile: Profile,
     params: &[u8],
     ec_private_key: &[u8],
     point: &[u8],
@@ -353,12 +398,12 @@ fn ec_templates(
     let mut r = top.expect(TAG_SEQUENCE)?.reader();
     r.unsigned()?;
     let value = r.expect(TAG_OCTET_STRING)?.content.to_vec();
-    let mut private = private_common(key, CKK_EC, &[CKA_SIGN, CKA_DERIVE]);
+    let mut private = private_common(key, profile, CKK_EC, &[CKA_SIGN, CKA_DERIVE]);
     private.extend([
         Attr::bytes(CKA_EC_PARAMS, params),
         Attr::bytes(CKA_VALUE, value),
     ]);
-    let mut public = public_common(key, CKK_EC, &[CKA_VERIFY]);
+    let mut public = public_common(key, profile, CKK_EC, &[CKA_VERIFY]);
     public.extend([
         Attr::bytes(CKA_EC_PARAMS, params),
         Attr::bytes(CKA_EC_POINT, der::encode(TAG_OCTET_STRING, point)),

@@ -153,17 +153,98 @@ impl fmt::Display for Key {
     }
 }
 
+/// How a [`TestToken`]'s objects are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Profile {
+    /// The fixture's own layout (the table in `docs/notes-tests.md`): ids from [`Key::id`],
+    /// certificates labelled like their key and made from it.
+    #[default]
+    Fixture,
+    /// Like the token the captures in `../shared/vectors` were recorded against (vectors README
+    /// §2, `harness/make-token.c`, `tools/make-token.sh`): `rsa2048` id 01 whose private key has
+    /// `CKA_ALLOWED_MECHANISMS` = {RSA_PKCS, SHA256_RSA_PKCS, RSA_PKCS_PSS, SHA256_RSA_PKCS_PSS,
+    /// RSA_PKCS_OAEP} and a certificate labelled `rsa2048-cert` (id 01, `CN=p11-kit rpc test
+    /// vectors`, self-signed by a key of its own, as `tools/make-token.sh` makes it), `ec-p256`
+    /// id 02, `ed25519` id 03, `aes256` id 04; keys carry no `CKA_SUBJECT`. The key values are
+    /// ours, so only key-independent bytes can equal the captures. [`TestToken::vectors`] builds it.
+    Vectors,
+}
+
+impl Profile {
+    /// The helper's command-line spelling.
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            Self::Fixture => "--profile=fixture",
+            Self::Vectors => "--profile=vectors",
+        }
+    }
+
+    /// Parses [`Profile::arg`].
+    pub(crate) fn from_arg(arg: &str) -> Option<Self> {
+        [Self::Fixture, Self::Vectors]
+            .into_iter()
+            .find(|p| p.arg() == arg)
+    }
+
+    /// `CKA_ID` of `key`'s objects under this profile.
+    pub fn id(self, key: Key) -> u8 {
+        match (self, key) {
+            (Self::Vectors, Key::Rsa2048) => 0x01,
+            (Self::Vectors, Key::EcP256) => 0x02,
+            (Self::Vectors, Key::Ed25519) => 0x03,
+            (Self::Vectors, Key::Aes256) => 0x04,
+            _ => key.id(),
+        }
+    }
+
+    /// `CKA_LABEL` of `key`'s certificate under this profile.
+    pub fn cert_label(self, key: Key) -> String {
+        match self {
+            Self::Fixture => key.label().to_owned(),
+            Self::Vectors => format!("{}-cert", key.label()),
+        }
+    }
+
+    /// The subject of `key`'s certificate (for `openssl req -subj`).
+    fn cert_subject(self, key: Key) -> String {
+        match self {
+            Self::Fixture => format!("/CN={}/O=p11fwd-test", key.label()),
+            Self::Vectors => "/CN=p11-kit rpc test vectors".to_owned(),
+        }
+    }
+
+    /// Whether the certificate is signed by a key of its own rather than `key`.
+    fn cert_has_own_key(self) -> bool {
+        self == Self::Vectors
+    }
+
+    /// The name of `key`'s material in the key cache.
+    fn cache_name(self, key: Key) -> String {
+        match (self, key.has_certificate()) {
+            (Self::Vectors, true) => format!("vectors-{}", key.label()),
+            _ => key.label().to_owned(),
+        }
+    }
+}
+
 /// Builds a [`TestToken`]: `TestToken::builder().with(Key::EcP256).build()`.
 #[derive(Debug, Clone)]
 pub struct TestTokenBuilder {
     label: String,
     keys: Vec<Key>,
+    profile: Profile,
 }
 
 impl TestTokenBuilder {
     /// Sets the token label (default `p11fwd-test`, at most 32 bytes).
     pub fn label(mut self, label: &str) -> Self {
         self.label = label.to_owned();
+        self
+    }
+
+    /// Sets the object layout (default [`Profile::Fixture`]).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
         self
     }
 
@@ -216,7 +297,7 @@ impl TestTokenBuilder {
         )
         .expect("write softhsm2.conf");
 
-        make_key_material(&openssl, dir.path(), &self.keys);
+        make_key_material(&openssl, dir.path(), &self.keys, self.profile);
 
         let mut cmd = Command::new(helper);
         cmd.env("SOFTHSM2_CONF", &conf)
@@ -224,6 +305,7 @@ impl TestTokenBuilder {
             .arg(dir.path())
             .arg(&self.label)
             .args([SO_PIN, USER_PIN])
+            .arg(self.profile.arg())
             .args(self.keys.iter().map(|k| k.label()));
         run_ok(&mut cmd);
 
@@ -233,6 +315,7 @@ impl TestTokenBuilder {
             module,
             label: self.label,
             keys: self.keys,
+            profile: self.profile,
         }
     }
 }
@@ -241,11 +324,11 @@ impl TestTokenBuilder {
 /// `<label>.key.pem` (PKCS#8), `<label>.key.der` (PKCS#8), `<label>.pub.pem`, `<label>.pub.der`
 /// (SubjectPublicKeyInfo) and, where [`Key::has_certificate`], `<label>.cert.pem` and
 /// `<label>.cert.der`; for `aes256`, `aes256.key` (32 raw bytes).
-fn make_key_material(openssl: &Path, dir: &Path, keys: &[Key]) {
+fn make_key_material(openssl: &Path, dir: &Path, keys: &[Key], profile: Profile) {
     thread::scope(|scope| {
         let workers: Vec<_> = keys
             .iter()
-            .map(|&key| scope.spawn(move || key_material(openssl, dir, key)))
+            .map(|&key| scope.spawn(move || key_material(openssl, dir, key, profile)))
             .collect();
         for worker in workers {
             if let Err(panic) = worker.join() {
@@ -268,11 +351,11 @@ fn key_cache() -> Option<PathBuf> {
 }
 
 /// Puts the material of `key` into `dir`, from the cache when it is there.
-fn key_material(openssl: &Path, dir: &Path, key: Key) {
+fn key_material(openssl: &Path, dir: &Path, key: Key, profile: Profile) {
     let Some(cache) = key_cache() else {
-        return make_one(openssl, dir, key);
+        return make_one(openssl, dir, key, profile);
     };
-    let cached = cache.join(key.label());
+    let cached = cache.join(profile.cache_name(key));
     if !cached.is_dir() {
         // Make it in a scratch dir and rename that into place, so that a concurrent test never
         // sees half of it; if another test got there first, its copy wins.
@@ -280,7 +363,7 @@ fn key_material(openssl: &Path, dir: &Path, key: Key) {
             .prefix(".new.")
             .tempdir_in(&cache)
             .expect("scratch dir in the key cache");
-        make_one(openssl, scratch.path(), key);
+        make_one(openssl, scratch.path(), key, profile);
         let _ = std::fs::rename(scratch.path(), &cached);
     }
     for entry in std::fs::read_dir(&cached).expect("read the key cache") {
@@ -289,7 +372,7 @@ fn key_material(openssl: &Path, dir: &Path, key: Key) {
     }
 }
 
-fn make_one(openssl: &Path, dir: &Path, key: Key) {
+fn make_one(openssl: &Path, dir: &Path, key: Key, profile: Profile) {
     let file = |ext: &str| dir.join(format!("{}.{ext}", key.label()));
     if key == Key::Aes256 {
         let mut value = [0u8; 32];
@@ -336,13 +419,30 @@ fn make_one(openssl: &Path, dir: &Path, key: Key) {
     );
     if key.has_certificate() {
         let cert_pem = file("cert.pem");
-        let subj = format!("/CN={}/O=p11fwd-test", key.label());
+        let subj = profile.cert_subject(key);
+        let signer = if profile.cert_has_own_key() {
+            let signer = file("cert-key.pem");
+            run_ok(
+                ossl("genpkey")
+                    .args([
+                        "-algorithm",
+                        "RSA",
+                        "-pkeyopt",
+                        "rsa_keygen_bits:2048",
+                        "-out",
+                    ])
+                    .arg(&signer),
+            );
+            signer
+        } else {
+            pem.clone()
+        };
         run_ok(
             ossl("req")
                 .args([
                     "-new", "-x509", "-sha256", "-days", "3650", "-subj", &subj, "-key",
                 ])
-                .arg(&pem)
+                .arg(&signer)
                 .arg("-out")
                 .arg(&cert_pem),
         );
@@ -379,6 +479,7 @@ pub struct TestToken {
     module: PathBuf,
     label: String,
     keys: Vec<Key>,
+    profile: Profile,
 }
 
 impl TestToken {
@@ -387,7 +488,28 @@ impl TestToken {
         TestTokenBuilder {
             label: DEFAULT_LABEL.to_owned(),
             keys: Vec::new(),
+            profile: Profile::Fixture,
         }
+    }
+
+    /// A token like the one `../shared/vectors` was captured against ([`Profile::Vectors`]):
+    /// label `vectors`, user PIN `123456`, `rsa2048` (with its certificate `rsa2048-cert`),
+    /// `ec-p256`, `ed25519` and `aes256`.
+    #[track_caller]
+    pub fn vectors() -> Self {
+        Self::builder()
+            .label("vectors")
+            .profile(Profile::Vectors)
+            .with(Key::Rsa2048)
+            .with(Key::EcP256)
+            .with(Key::Ed25519)
+            .with(Key::Aes256)
+            .build()
+    }
+
+    /// The object layout.
+    pub fn profile(&self) -> Profile {
+        self.profile
     }
 
     /// A token with every supported key ([`Key::ALL`] less X25519).

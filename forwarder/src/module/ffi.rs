@@ -317,7 +317,9 @@ impl OutTemplate {
                             out.push(Attribute::unavailable(ty));
                             continue;
                         }
-                        Value::Date(Some(d))
+                        // An empty CK_DATE goes out as a NULL array, as every stock server
+                        // sends it (p11_rpc_buffer_add_date_value).
+                        Value::Date((!d.is_empty()).then_some(d))
                     }
                     AttrClass::MechanismArray => {
                         let bytes = b.to_vec(len);
