@@ -378,3 +378,57 @@ fn gnutls_stock_server() {
 fn gnutls_p11fwd_server() {
     gnutls_works(Kind::Fwd);
 }
+
+/// Registered with p11-kit through the module file template (`conf/templates`, installed as
+/// `~/.config/pkcs11/modules/p11fwd-client.module` or `/etc/pkcs11/modules/`), the module is
+/// loaded by p11-kit itself and by GnuTLS without `--provider`.
+///
+/// p11-kit ignores user configuration in programs running as root; then the module file is
+/// bind-mounted over p11-kit's module directory in a private mount namespace (`unshare -m`), so
+/// the system's configuration is never touched.
+#[test]
+fn p11kit_module_registration() {
+    let token = TestToken::full();
+    let server = Server::start(Kind::Stock, &token);
+    let home = tempfile::tempdir().unwrap();
+    let modules = home.path().join(".config/pkcs11/modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    let template = include_str!("../../conf/templates/p11fwd-client.module");
+    assert!(template.contains("@LIBDIR@/pkcs11/p11fwd-client.so"));
+    let text = template.replace("@LIBDIR@/pkcs11/p11fwd-client.so", &s(&module()));
+    std::fs::write(modules.join("p11fwd-client.module"), text).unwrap();
+    let env = server
+        .p11env()
+        .with("HOME", home.path())
+        .with("GNUTLS_PIN", token.user_pin());
+    let registered = |program: &str, args: &[&str]| {
+        if rustix::process::getuid().is_root() {
+            let mut cmd = env.command(require_tool("unshare"));
+            cmd.args(["--mount", "sh", "-c"])
+                .arg("mount --bind \"$0\" /usr/share/p11-kit/modules && exec \"$@\"")
+                .arg(&modules)
+                .arg(require_tool(program))
+                .args(args);
+            cmd
+        } else {
+            let mut cmd = env.command(require_tool(program));
+            cmd.args(args);
+            cmd
+        }
+    };
+    let listed = env
+        .run_ok(&mut registered("p11-kit", &["list-modules"]))
+        .stdout;
+    let ours = format!("\n{listed}");
+    let ours = ours
+        .split("\np11fwd-client: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("p11fwd-client not registered:\n{listed}"));
+    assert!(ours.contains("library-manufacturer: p11fwd"), "{ours}");
+    assert!(ours.contains("token: p11fwd-test"), "{ours}");
+    env.run_ok(&mut registered(
+        "p11tool",
+        &["--list-all", "--login", &token.uri()],
+    ))
+    .assert_stdout_contains("Label: ec-p256");
+}
