@@ -1,5 +1,5 @@
 //! Stock Debian clients through `p11fwd server`: `p11-kit-client.so` 0.24.1 driven by
-//! pkcs11-tool, p11tool/certtool (GnuTLS), NSS certutil with the module added by modutil, and
+//! pkcs11-tool, p11tool and certtool (GnuTLS), NSS certutil with the module added by modutil, and
 //! ssh-keygen -D.
 #![allow(clippy::unwrap_used)]
 
@@ -294,9 +294,69 @@ fn p11tool_lists_all_objects() {
 }
 
 #[test]
+fn certtool_self_signs_with_a_forwarded_key() {
+    // certtool --provider loads the stock client; the PIN comes from GNUTLS_PIN.
+    let token = TestToken::builder()
+        .with(Key::EcP256)
+        .with(Key::Rsa2048)
+        .build();
+    let fwd = common::start(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("cert.cfg");
+    std::fs::write(
+        &template,
+        "cn = p11fwd certtool\norganization = p11fwd-test\nserial = 7\nexpiration_days = 30\n\
+         signing_key\nca\ncert_signing_key\n",
+    )
+    .unwrap();
+    let openssl = require_tool("openssl");
+    for label in ["ec-p256", "rsa2048"] {
+        let key = format!("{};object={label};type=private", token.uri());
+        let cert = dir.path().join(format!("{label}.pem"));
+        let out = fwd.p11env().with("GNUTLS_PIN", token.user_pin()).run(
+            Command::new(require_tool("certtool"))
+                .args([
+                    "--provider",
+                    P11KIT_CLIENT_MODULE,
+                    "--generate-self-signed",
+                    "--load-privkey",
+                    &key,
+                    "--template",
+                ])
+                .arg(&template)
+                .arg("--outfile")
+                .arg(&cert),
+        );
+        assert!(out.success(), "certtool for {label}: {out}\n{}", fwd.log());
+        // The certificate carries the token's public key ...
+        let cert_key = run_ok(
+            Command::new(&openssl)
+                .args(["x509", "-noout", "-pubkey", "-in"])
+                .arg(&cert),
+        );
+        let token_key = std::fs::read_to_string(token.public_pem(label)).unwrap();
+        assert_eq!(cert_key.stdout.trim(), token_key.trim(), "{label}");
+        // ... and its self-signature verifies with it.
+        let verified = run_ok(
+            Command::new(&openssl)
+                .args(["verify", "-check_ss_sig", "-CAfile"])
+                .arg(&cert)
+                .arg(&cert),
+        );
+        assert!(verified.stdout.contains(": OK"), "{label}: {verified}");
+        let text = run_ok(
+            Command::new(&openssl)
+                .args(["x509", "-noout", "-subject", "-in"])
+                .arg(&cert),
+        );
+        assert!(text.stdout.contains("p11fwd certtool"), "{text}");
+    }
+    // The PIN went through the forwarder's login and never into its trace.
+    assert!(!fwd.stderr().contains(token.user_pin()), "{}", fwd.log());
+}
+
+#[test]
 fn p11tool_signs_with_a_forwarded_key() {
-    // certtool only loads p11-kit's registered modules (the user config is off in Debian's
-    // p11-kit), so GnuTLS signing is driven through p11tool --provider instead.
     let token = TestToken::builder()
         .with(Key::EcP256)
         .with(Key::Rsa2048)
