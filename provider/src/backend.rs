@@ -65,7 +65,6 @@ pub(crate) struct Backend {
 pub(crate) struct Link {
     pub(crate) client: Client,
     pub(crate) epoch: u64,
-    pub(crate) address: String,
     pub(crate) tokens: Vec<Arc<Token>>,
 }
 
@@ -201,18 +200,22 @@ impl Backend {
                 key: origin,
                 problem: e.to_string(),
             })?;
-            let path = address.unix_path().ok_or(Error::Unsupported(
-                "a server address other than unix:path=",
-            ))?;
-            return Ok((path.to_path_buf(), format!("{} (from {origin})", path.display())));
+            let path = address
+                .unix_path()
+                .ok_or(Error::Unsupported("a server address other than unix:path="))?;
+            return Ok((
+                path.to_path_buf(),
+                format!("{} (from {origin})", path.display()),
+            ));
         }
         let found = discovery::discover_from_process().map_err(|e| Error::Config {
             key: "server address",
             problem: e.to_string(),
         })?;
-        let path = found.address.unix_path().ok_or(Error::Unsupported(
-            "a server address other than unix:path=",
-        ))?;
+        let path = found
+            .address
+            .unix_path()
+            .ok_or(Error::Unsupported("a server address other than unix:path="))?;
         Ok((path.to_path_buf(), found.to_string()))
     }
 
@@ -322,10 +325,10 @@ impl Backend {
                 state: Mutex::new(state),
             }));
         }
+        tracing::debug!(address = %shown, epoch, tokens = tokens.len(), "connected");
         Ok(Link {
             client,
             epoch,
-            address: shown,
             tokens,
         })
     }
@@ -335,12 +338,14 @@ impl Backend {
         match &self.token_pin {
             None => Ok(None),
             Some(PinSource::Literal(pin)) => Ok(Some(pin.clone())),
-            Some(PinSource::File(path)) => p11fwd_conf::pin::read_pin_file(path)
-                .map(Some)
-                .map_err(|e| Error::Config {
-                    key: "pkcs11-module-token-pin",
-                    problem: e.to_string(),
-                }),
+            Some(PinSource::File(path)) => {
+                p11fwd_conf::pin::read_pin_file(path)
+                    .map(Some)
+                    .map_err(|e| Error::Config {
+                        key: "pkcs11-module-token-pin",
+                        problem: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -388,11 +393,6 @@ impl Token {
         lock(&self.state).logged_in
     }
 
-    /// Whether the token's mechanism list has `mech`.
-    pub(crate) fn has_mechanism(&self, mech: u64) -> bool {
-        self.mechanisms.contains(&mech)
-    }
-
     /// Refuses a PIN the token rejected before, and automatic logins the token warns about.
     fn check_pin_allowed(&self, pin: Option<&Zeroizing<String>>) -> Result<(), Error> {
         if self.info.flags & CKF_USER_PIN_LOCKED != 0 {
@@ -412,9 +412,7 @@ impl Token {
         let idle = lock(&self.state).idle.pop();
         let handle = match idle {
             Some(h) => h,
-            None => link
-                .client
-                .open_session(self.slot, CKF_SERIAL_SESSION)?,
+            None => link.client.open_session(self.slot, CKF_SERIAL_SESSION)?,
         };
         Ok(SessionGuard {
             token: self,
@@ -423,7 +421,11 @@ impl Token {
         })
     }
 
-    fn record_login(&self, result: &Result<Vec<Arg>, p11fwd_wire::Error>, pin: Option<&Zeroizing<String>>) -> Result<(), Error> {
+    fn record_login(
+        &self,
+        result: &Result<Vec<Arg>, p11fwd_wire::Error>,
+        pin: Option<&Zeroizing<String>>,
+    ) -> Result<(), Error> {
         let mut st = lock(&self.state);
         match result {
             Ok(_) => {
@@ -476,7 +478,11 @@ impl Link {
         }
         token.check_pin_allowed(pin.as_ref())?;
         let r = self
-            .batch(&[req::login(session, CKU_USER, pin.as_ref().map(|p| p.as_bytes()))])
+            .batch(&[req::login(
+                session,
+                CKU_USER,
+                pin.as_ref().map(|p| p.as_bytes()),
+            )])
             .pop()
             .unwrap_or(Err(p11fwd_wire::Error::Closed));
         token.record_login(&r, pin.as_ref())
@@ -501,7 +507,11 @@ impl Link {
         {
             match token.check_pin_allowed(pin.as_ref()) {
                 Ok(()) => {
-                    batch.push(req::login(session, CKU_USER, pin.as_ref().map(|p| p.as_bytes())));
+                    batch.push(req::login(
+                        session,
+                        CKU_USER,
+                        pin.as_ref().map(|p| p.as_bytes()),
+                    ));
                     login_pin = pin.as_ref();
                     login_sent = true;
                 }
@@ -552,7 +562,11 @@ impl Link {
 
     /// Reads [`ATTRS`] of every object in one round trip (plus a retry for any buffer that was
     /// too small).
-    pub(crate) fn attributes(&self, session: u64, handles: &[u64]) -> Result<Vec<ObjectAttrs>, Error> {
+    pub(crate) fn attributes(
+        &self,
+        session: u64,
+        handles: &[u64],
+    ) -> Result<Vec<ObjectAttrs>, Error> {
         if handles.is_empty() {
             return Ok(Vec::new());
         }
@@ -607,7 +621,11 @@ impl Link {
     }
 
     /// Reads `CKA_VALUE` of the certificates among `objects` (one round trip, if any).
-    pub(crate) fn certificate_values(&self, session: u64, out: &mut [ObjectAttrs]) -> Result<(), Error> {
+    pub(crate) fn certificate_values(
+        &self,
+        session: u64,
+        out: &mut [ObjectAttrs],
+    ) -> Result<(), Error> {
         let certs: Vec<usize> = out
             .iter()
             .enumerate()
@@ -649,7 +667,12 @@ impl Link {
     }
 
     /// One attribute, with a size query first (for values larger than the generous buffers).
-    fn attribute_exact(&self, session: u64, handle: u64, ty: u64) -> Result<Option<Attribute>, Error> {
+    fn attribute_exact(
+        &self,
+        session: u64,
+        handle: u64,
+        ty: u64,
+    ) -> Result<Option<Attribute>, Error> {
         let query = self.client.get_attribute_value(
             session,
             handle,

@@ -11,14 +11,20 @@ pub(crate) struct Oid(pub(crate) &'static [u8]);
 pub(crate) mod oid {
     use super::Oid;
 
-    pub(crate) const RSA_ENCRYPTION: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]);
+    pub(crate) const RSA_ENCRYPTION: Oid =
+        Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01]);
     pub(crate) const RSASSA_PSS: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a]);
     pub(crate) const MGF1: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08]);
-    pub(crate) const SHA1_WITH_RSA: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]);
-    pub(crate) const SHA224_WITH_RSA: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0e]);
-    pub(crate) const SHA256_WITH_RSA: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b]);
-    pub(crate) const SHA384_WITH_RSA: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c]);
-    pub(crate) const SHA512_WITH_RSA: Oid = Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d]);
+    pub(crate) const SHA1_WITH_RSA: Oid =
+        Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05]);
+    pub(crate) const SHA224_WITH_RSA: Oid =
+        Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0e]);
+    pub(crate) const SHA256_WITH_RSA: Oid =
+        Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b]);
+    pub(crate) const SHA384_WITH_RSA: Oid =
+        Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c]);
+    pub(crate) const SHA512_WITH_RSA: Oid =
+        Oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d]);
     pub(crate) const EC_PUBLIC_KEY: Oid = Oid(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]);
     pub(crate) const ECDSA_SHA1: Oid = Oid(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01]);
     pub(crate) const ECDSA_SHA224: Oid = Oid(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x01]);
@@ -162,7 +168,9 @@ impl<'a> Reader<'a> {
             if n == 0 || n > 4 || rest.len() < n {
                 return None;
             }
-            let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | usize::from(b));
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |a, &b| (a << 8) | usize::from(b));
             (len, &rest[n..])
         };
         if rest.len() < len {
@@ -223,30 +231,10 @@ pub(crate) fn ecdsa_der_from_raw(raw: &[u8]) -> Vec<u8> {
 
 /// The largest DER ECDSA signature for a group whose order has `order_bits` bits.
 pub(crate) fn ecdsa_der_max(order_bits: usize) -> usize {
-    let n = order_bits.div_ceil(8) + usize::from(order_bits % 8 == 0);
+    let n = order_bits.div_ceil(8) + usize::from(order_bits.is_multiple_of(8));
     let int = 2 + n;
     let content = 2 * int;
     content + if content < 0x80 { 2 } else { 3 }
-}
-
-/// DER length of `content` bytes wrapped in `tag`, for size checks.
-pub(crate) fn certificate_names(cert: &[u8]) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
-    // Certificate ::= SEQUENCE { tbsCertificate, ... }; TBSCertificate ::= SEQUENCE {
-    //   [0] version OPTIONAL, serialNumber, signature, issuer, validity, subject, ... }
-    let mut outer = Reader::new(cert);
-    let mut cert = Reader::new(outer.expect(SEQUENCE)?);
-    let tbs_content = cert.expect(SEQUENCE)?;
-    let mut tbs = Reader::new(tbs_content);
-    let mut first = tbs.next()?;
-    if first.0 == 0xa0 {
-        first = tbs.next()?;
-    }
-    let serial = tlv(first.0, first.1);
-    let _signature = tbs.expect(SEQUENCE)?;
-    let issuer = tbs.expect(SEQUENCE)?;
-    let _validity = tbs.expect(SEQUENCE)?;
-    let subject = tbs.expect(SEQUENCE)?;
-    Some((tlv(SEQUENCE, subject), tlv(SEQUENCE, issuer), serial))
 }
 
 /// The SubjectPublicKeyInfo of a certificate: (algorithm OID content, parameters TLV, key bits).
@@ -292,7 +280,11 @@ pub(crate) fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -39,13 +39,21 @@ fn hex_block(out: &mut String, bytes: &[u8]) {
 /// OpenSSL-like text, with the URI and where the private key is.
 pub(crate) fn text(key: &Key) -> String {
     let mut out = String::new();
-    let what = if key.has_private() { "Private-Key" } else { "Public-Key" };
+    let what = if key.has_private() {
+        "Private-Key"
+    } else {
+        "Public-Key"
+    };
     out.push_str(&format!(
         "PKCS11 {} {what} ({} bit, on token {:?}{})\n",
         key.kind.name().to_string_lossy(),
         key.bits(),
         key.token_label,
-        if key.has_private() { "; the private part stays there" } else { "" }
+        if key.has_private() {
+            "; the private part stays there"
+        } else {
+            ""
+        }
     ));
     out.push_str(&format!("URI {}\n", key.uri));
     match (&key.public, key.kind) {
@@ -68,13 +76,13 @@ pub(crate) fn text(key: &Key) -> String {
         (PublicMaterial::Ec(p), KeyKind::Ec(c)) => {
             out.push_str(&format!("Public-Key: ({} bit)\npub:\n", c.bits()));
             hex_block(&mut out, p);
-            out.push_str(&format!(
-                "ASN1 OID: {}\n",
-                c.group_name().to_string_lossy()
-            ));
+            out.push_str(&format!("ASN1 OID: {}\n", c.group_name().to_string_lossy()));
         }
         (PublicMaterial::Ec(p) | PublicMaterial::Raw(p), kind) => {
-            out.push_str(&format!("{} Public-Key:\npub:\n", kind.name().to_string_lossy()));
+            out.push_str(&format!(
+                "{} Public-Key:\npub:\n",
+                kind.name().to_string_lossy()
+            ));
             hex_block(&mut out, p);
         }
     }

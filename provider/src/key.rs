@@ -105,10 +105,6 @@ impl KeyKind {
             _ => None,
         }
     }
-
-    pub(crate) fn is_rsa(self) -> bool {
-        matches!(self, Self::Rsa | Self::RsaPss)
-    }
 }
 
 /// Public key material.
@@ -207,7 +203,11 @@ fn pss_only(allowed: Option<&[u64]>) -> bool {
     allowed.is_some_and(|a| !a.is_empty() && a.iter().all(|m| PSS.contains(m)))
 }
 
-fn edwards_kind(params: Option<&[u8]>, point_len: Option<usize>, montgomery: bool) -> Option<KeyKind> {
+fn edwards_kind(
+    params: Option<&[u8]>,
+    point_len: Option<usize>,
+    montgomery: bool,
+) -> Option<KeyKind> {
     let by_params = params.and_then(der::ec_params).and_then(|p| match p {
         EcParams::Oid(o) if o == oid::ED25519.0 => Some(KeyKind::Ed25519),
         EcParams::Oid(o) if o == oid::ED448.0 => Some(KeyKind::Ed448),
@@ -249,7 +249,12 @@ fn from_certificate(cert: &[u8]) -> Option<(KeyKind, PublicMaterial)> {
     }
     let kind = [oid::ED25519, oid::ED448, oid::X25519, oid::X448]
         .into_iter()
-        .zip([KeyKind::Ed25519, KeyKind::Ed448, KeyKind::X25519, KeyKind::X448])
+        .zip([
+            KeyKind::Ed25519,
+            KeyKind::Ed448,
+            KeyKind::X25519,
+            KeyKind::X448,
+        ])
         .find(|(o, _)| o.0 == alg.as_slice())?
         .1;
     Some((kind, PublicMaterial::Raw(bits)))
@@ -265,8 +270,12 @@ impl Key {
         parts: &Parts<'_>,
         want_private: bool,
     ) -> Result<Self, Error> {
-        let main = if want_private { parts.private } else { parts.public.or(parts.private) }
-            .ok_or(Error::Internal("a key needs a key object"))?;
+        let main = if want_private {
+            parts.private
+        } else {
+            parts.public.or(parts.private)
+        }
+        .ok_or(Error::Internal("a key needs a key object"))?;
         let key_type = parts
             .private
             .and_then(|o| o.key_type)
@@ -310,7 +319,9 @@ impl Key {
                     Some((KeyKind::Ec(c), _)) => Some(*c),
                     _ => None,
                 })
-                .ok_or(Error::Unsupported("this EC curve (p11fwd supports P-256, P-384, P-521)"))?;
+                .ok_or(Error::Unsupported(
+                    "this EC curve (p11fwd supports P-256, P-384, P-521)",
+                ))?;
                 let point = parts
                     .public
                     .and_then(|o| o.ec_point.as_deref())
@@ -329,9 +340,13 @@ impl Key {
                     .public
                     .and_then(|o| o.ec_point.as_deref())
                     .or(parts.private.and_then(|o| o.ec_point.as_deref()));
-                let kind = edwards_kind(ec_params, raw_point.map(|p| der::ec_point(p, None).len()), montgomery)
-                    .or(cert_material.as_ref().map(|(k, _)| *k))
-                    .ok_or(Error::Unsupported("this Edwards/Montgomery curve"))?;
+                let kind = edwards_kind(
+                    ec_params,
+                    raw_point.map(|p| der::ec_point(p, None).len()),
+                    montgomery,
+                )
+                .or(cert_material.as_ref().map(|(k, _)| *k))
+                .ok_or(Error::Unsupported("this Edwards/Montgomery curve"))?;
                 let point = raw_point
                     .map(|p| der::ec_point(p, kind.raw_len()))
                     .or(match &cert_material {
@@ -378,7 +393,11 @@ impl Key {
                 key_type: o.key_type,
                 id: o.id.clone(),
                 label: o.label.clone(),
-                handle: Mutex::new(*o.handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)),
+                handle: Mutex::new(
+                    *o.handle
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                ),
             }),
             token_identity: self.token_identity.clone(),
             token_label: self.token_label.clone(),
@@ -398,9 +417,9 @@ impl Key {
     /// Modulus bits / curve bits.
     pub(crate) fn bits(&self) -> usize {
         match (&self.kind, &self.public) {
-            (_, PublicMaterial::Rsa { n, .. }) => {
-                n.first().map_or(0, |&b| (n.len() - 1) * 8 + (8 - b.leading_zeros() as usize))
-            }
+            (_, PublicMaterial::Rsa { n, .. }) => n
+                .first()
+                .map_or(0, |&b| (n.len() - 1) * 8 + (8 - b.leading_zeros() as usize)),
             (KeyKind::Ec(c), _) => c.bits(),
             (KeyKind::Ed25519 | KeyKind::X25519, _) => 253,
             (KeyKind::Ed448, _) => 456,
@@ -467,7 +486,7 @@ impl Key {
         match self.kind {
             KeyKind::Rsa => der::algorithm_null(oid::RSA_ENCRYPTION),
             KeyKind::RsaPss => der::algorithm(oid::RSASSA_PSS),
-            KeyKind::Ec(c) => der::sequence(&[&der::oid(oid::EC_PUBLIC_KEY), &der::oid(c.oid())]),
+            KeyKind::Ec(c) => der::sequence(&[&oid(oid::EC_PUBLIC_KEY), &oid(c.oid())]),
             KeyKind::Ed25519 => der::algorithm(oid::ED25519),
             KeyKind::Ed448 => der::algorithm(oid::ED448),
             KeyKind::X25519 => der::algorithm(oid::X25519),
@@ -505,7 +524,10 @@ impl Key {
 
     /// The connection, the token and the object handle to use now: finds the object again
     /// (and logs in again) if the connection changed since the key was found.
-    pub(crate) fn resolve(&self, object: &ObjectRef) -> Result<(Arc<Link>, Arc<Token>, u64), Error> {
+    pub(crate) fn resolve(
+        &self,
+        object: &ObjectRef,
+    ) -> Result<(Arc<Link>, Arc<Token>, u64), Error> {
         let backend = self.provctx.backend();
         let link = backend.link()?;
         let token = link
@@ -514,8 +536,12 @@ impl Key {
             .find(|t| t.identity() == self.token_identity)
             .cloned()
             .ok_or_else(|| Error::NoMatch(format!("token {:?} is gone", self.token_label)))?;
-        let needs_login = object.class == CKO_PRIVATE_KEY && token.login_required() && !token.logged_in();
-        let (epoch, handle) = *object.handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let needs_login =
+            object.class == CKO_PRIVATE_KEY && token.login_required() && !token.logged_in();
+        let (epoch, handle) = *object
+            .handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if epoch == link.epoch && !needs_login {
             return Ok((link, token, handle));
         }
@@ -548,7 +574,10 @@ impl Key {
         let [handle] = handles[..] else {
             return Err(Error::NoMatch(format!("{} after reconnecting", self.uri)));
         };
-        *object.handle.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (link.epoch, handle);
+        *object
+            .handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (link.epoch, handle);
         drop(session);
         Ok((link, token, handle))
     }
@@ -568,7 +597,11 @@ fn missing_public(o: &ObjectAttrs) -> Error {
 }
 
 /// The exact URI of an object: token identity, label, id and type.
-pub(crate) fn object_uri(token: &Token, o: &ObjectAttrs, class: ObjectClass) -> Result<String, Error> {
+pub(crate) fn object_uri(
+    token: &Token,
+    o: &ObjectAttrs,
+    class: ObjectClass,
+) -> Result<String, Error> {
     let view = TokenView {
         label: &token.info.label,
         manufacturer: &token.info.manufacturer_id,

@@ -122,21 +122,14 @@ impl SaltLen {
     }
 }
 
-/// Sign or verify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Operation {
-    Sign,
-    Verify,
-}
-
 /// A signature context (`OSSL_FUNC_signature_newctx`).
 #[derive(Debug, Clone)]
 pub(crate) struct SigCtx {
-    provctx: Arc<ProvCtx>,
+    /// Keeps the provider instance alive while the context exists.
+    _provctx: Arc<ProvCtx>,
     /// The algorithm this context was fetched as.
     pub(crate) algorithm: Algorithm,
     key: Option<Arc<Key>>,
-    operation: Operation,
     pub(crate) md: Option<Hash>,
     pub(crate) padding: Padding,
     pub(crate) mgf1: Option<Hash>,
@@ -165,10 +158,9 @@ impl Castable for SigCtx {
 impl SigCtx {
     pub(crate) fn new(provctx: Arc<ProvCtx>, algorithm: Algorithm) -> Self {
         Self {
-            provctx,
+            _provctx: provctx,
             algorithm,
             key: None,
-            operation: Operation::Sign,
             md: None,
             padding: Padding::Pkcs1,
             mgf1: None,
@@ -181,23 +173,27 @@ impl SigCtx {
     }
 
     fn key(&self) -> Result<&Arc<Key>, Error> {
-        self.key.as_ref().ok_or(Error::Internal("signature ctx without a key"))
+        self.key
+            .as_ref()
+            .ok_or(Error::Internal("signature ctx without a key"))
     }
 
     /// `sign_init` / `verify_init` (and the digest variants with `md`).
-    pub(crate) fn init(&mut self, key: Option<Arc<Key>>, operation: Operation, md: Option<&str>) -> Result<(), Error> {
+    pub(crate) fn init(&mut self, key: Option<Arc<Key>>, md: Option<&str>) -> Result<(), Error> {
         if let Some(key) = key {
-            let fits = match (self.algorithm, key.kind) {
-                (Algorithm::Rsa, KeyKind::Rsa | KeyKind::RsaPss) => true,
-                (Algorithm::Ecdsa, KeyKind::Ec(_)) => true,
-                (Algorithm::Ed25519, KeyKind::Ed25519) => true,
-                (Algorithm::Ed448, KeyKind::Ed448) => true,
-                _ => false,
-            };
+            let fits = matches!(
+                (self.algorithm, key.kind),
+                (Algorithm::Rsa, KeyKind::Rsa | KeyKind::RsaPss)
+                    | (Algorithm::Ecdsa, KeyKind::Ec(_))
+                    | (Algorithm::Ed25519, KeyKind::Ed25519)
+                    | (Algorithm::Ed448, KeyKind::Ed448)
+            );
             if !fits {
-                return Err(Error::Unsupported("this key type with this signature algorithm"));
+                return Err(Error::Unsupported(
+                    "this key type with this signature algorithm",
+                ));
             }
-            if operation == Operation::Sign && !key.has_private() {
+            if !key.has_private() {
                 return Err(Error::Unsupported("signing with a public key"));
             }
             self.padding = if key.kind == KeyKind::RsaPss {
@@ -208,7 +204,6 @@ impl SigCtx {
             self.key = Some(key);
         }
         self.key()?;
-        self.operation = operation;
         self.data.clear();
         self.overflow = false;
         self.hasher = None;
@@ -373,7 +368,9 @@ impl SigCtx {
             SaltLen::Digest => md.size(),
             SaltLen::Max | SaltLen::Auto => max,
             SaltLen::Len(n) if n <= max => n,
-            SaltLen::Len(_) => return Err(Error::Unsupported("a PSS salt longer than the key allows")),
+            SaltLen::Len(_) => {
+                return Err(Error::Unsupported("a PSS salt longer than the key allows"));
+            }
         };
         Ok(MechParam::RsaPkcsPss {
             hash_alg: md.ckm(),
@@ -383,7 +380,12 @@ impl SigCtx {
     }
 
     /// Signs a digest (or, with `data`, prefers the token's hashed mechanism over `data`).
-    fn sign_hashed(&mut self, md: Hash, data: Option<&[u8]>, digest: &[u8]) -> Result<Vec<u8>, Error> {
+    fn sign_hashed(
+        &mut self,
+        md: Hash,
+        data: Option<&[u8]>,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         let key = Arc::clone(self.key()?);
         if let Some(data) = data {
             let hashed = match (self.algorithm, self.padding) {
@@ -436,13 +438,21 @@ impl SigCtx {
 
     /// `[SignInit, (Login CONTEXT_SPECIFIC), Sign]` in one round trip.
     fn token_sign(&self, key: &Key, mech: Mechanism, input: &[u8]) -> Result<Vec<u8>, Error> {
-        let object = key.private.as_ref().ok_or(Error::Unsupported("signing with a public key"))?;
+        let object = key
+            .private
+            .as_ref()
+            .ok_or(Error::Unsupported("signing with a public key"))?;
         let (link, token, handle) = key.resolve(object)?;
         let mut session = token.session(&link)?;
         let s = session.handle;
         let cap = OutCap::Buffer(key.raw_signature_len() as u64);
         let d = link.client.dialect();
-        let mut batch = vec![req::init_with_key(CallId::SignInit, s, Some(mech.clone()), handle)];
+        let mut batch = vec![req::init_with_key(
+            CallId::SignInit,
+            s,
+            Some(mech.clone()),
+            handle,
+        )];
         let context_login = key.always_authenticate;
         let pin = if context_login {
             let pin = key
@@ -458,7 +468,11 @@ impl SigCtx {
                         .ok_or(Error::PinRequired(token.label()))?,
                 ),
             };
-            batch.push(req::login(s, CKU_CONTEXT_SPECIFIC, pin.as_ref().map(|p| p.as_bytes())));
+            batch.push(req::login(
+                s,
+                CKU_CONTEXT_SPECIFIC,
+                pin.as_ref().map(|p| p.as_bytes()),
+            ));
             pin
         } else {
             None
@@ -480,7 +494,9 @@ impl SigCtx {
         if let Some(Err(e)) = login {
             session.discard();
             return Err(match &e {
-                p11fwd_wire::Error::Rv { rv, .. } if rv.0 == CKR_PIN_INCORRECT => Error::PinIncorrect,
+                p11fwd_wire::Error::Rv { rv, .. } if rv.0 == CKR_PIN_INCORRECT => {
+                    Error::PinIncorrect
+                }
                 _ => e.into(),
             });
         }
@@ -500,7 +516,8 @@ impl SigCtx {
                 match self.padding {
                     Padding::Pkcs1 => der::algorithm_null(md.rsa_sig_oid()),
                     Padding::Pss => {
-                        let MechParam::RsaPkcsPss { salt_len, .. } = self.pss_params(key, md)? else {
+                        let MechParam::RsaPkcsPss { salt_len, .. } = self.pss_params(key, md)?
+                        else {
                             return Err(Error::Internal("pss params"));
                         };
                         let mgf1 = self.mgf1.unwrap_or(md);
@@ -509,13 +526,14 @@ impl SigCtx {
                             params.extend(der::explicit(0, &der::algorithm(md.oid())));
                         }
                         if mgf1 != Hash::Sha1 {
-                            let mgf = der::sequence(&[&der::oid(oid::MGF1), &der::algorithm(mgf1.oid())]);
+                            let mgf =
+                                der::sequence(&[&oid(oid::MGF1), &der::algorithm(mgf1.oid())]);
                             params.extend(der::explicit(1, &mgf));
                         }
                         if salt_len != 20 {
                             params.extend(der::explicit(2, &der::small_integer(salt_len)));
                         }
-                        der::sequence(&[&der::oid(oid::RSASSA_PSS), &der::tlv(0x30, &params)])
+                        der::sequence(&[&oid(oid::RSASSA_PSS), &der::tlv(0x30, &params)])
                     }
                     Padding::None => return Err(Error::Unsupported("an algorithm id for raw RSA")),
                 }

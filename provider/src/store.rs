@@ -257,11 +257,33 @@ impl StoreCtx {
         true
     }
 
-    /// The PIN for `token`, in the documented order; `Ok(None)` for a protected path.
-    fn pin(&self, token: &Token, prompt: &mut dyn PinPrompt) -> Result<Option<Zeroizing<String>>, Error> {
+    /// The PIN for `token`, in the documented order; `Ok(None)` for a protected path. A PIN
+    /// that came from the prompt is remembered only with `pkcs11-module-cache-pins`.
+    fn pin(
+        &self,
+        token: &Token,
+        prompt: &mut dyn PinPrompt,
+    ) -> Result<Option<Zeroizing<String>>, Error> {
         if token.protected_path() {
             return Ok(None);
         }
+        if let Some(pin) = self.pin_without_prompt(token)? {
+            return Ok(Some(pin));
+        }
+        let backend = self.provctx.backend();
+        match prompt.ask(&token.label()) {
+            Some(pin) => {
+                if backend.cache_pins {
+                    backend.remember_pin(token, &pin);
+                }
+                Ok(Some(pin))
+            }
+            None => Err(Error::PinRequired(token.label())),
+        }
+    }
+
+    /// The PIN from the URI, the configuration or an earlier login.
+    fn pin_without_prompt(&self, token: &Token) -> Result<Option<Zeroizing<String>>, Error> {
         let backend = self.provctx.backend();
         let from_uri = p11fwd_conf::pin::resolve_pin(&self.uri).map_err(|e| Error::UriParse {
             uri: self.shown.clone(),
@@ -273,13 +295,7 @@ impl StoreCtx {
         if let Some(pin) = backend.configured_pin()? {
             return Ok(Some(pin));
         }
-        if let Some(pin) = backend.remembered_pin(token) {
-            return Ok(Some(pin));
-        }
-        match prompt.ask(&token.label()) {
-            Some(pin) => Ok(Some(pin)),
-            None => Err(Error::PinRequired(token.label())),
-        }
+        Ok(backend.remembered_pin(token))
     }
 
     fn template(&self, class: Option<ObjectClass>) -> Vec<Attribute> {
@@ -335,13 +351,17 @@ impl StoreCtx {
             _ => None,
         };
         let session = token.session(link)?;
-        let (mut handles, login_error) = link.find(token, session.handle, self.template(class), &auth)?;
+        let (mut handles, login_error) =
+            link.find(token, session.handle, self.template(class), &auth)?;
         if let Some(e) = login_error {
             if wants_private && wanted.len() == 1 {
                 return Err(e);
             }
             tracing::debug!(error = %e, "login failed; listing public objects");
-        } else if let (Auth::User(_), Some(pin)) = (&auth, &pin_used) {
+        } else if let (Auth::User(_), Some(pin)) = (&auth, &pin_used)
+            && self.pin_without_prompt(token).ok().flatten().is_some()
+        {
+            // A configured PIN that worked: kept for logins on later connections (fork).
             backend.remember_pin(token, pin);
         }
         // login-behavior=auto: public objects may need a login on some tokens.
@@ -356,9 +376,6 @@ impl StoreCtx {
             let (again, err) = link.find(token, session.handle, self.template(class), &auth)?;
             if let Some(e) = err {
                 return Err(e);
-            }
-            if let Some(pin) = &pin {
-                backend.remember_pin(token, pin);
             }
             handles = again;
         }
@@ -393,9 +410,9 @@ impl StoreCtx {
         let key_without_public = objects.iter().any(|o| {
             o.class == Some(CKO_PRIVATE_KEY)
                 && o.key_type != Some(CKK_RSA)
-                && !objects
-                    .iter()
-                    .any(|p| p.class == Some(CKO_PUBLIC_KEY) && p.id == o.id && p.ec_point.is_some())
+                && !objects.iter().any(|p| {
+                    p.class == Some(CKO_PUBLIC_KEY) && p.id == o.id && p.ec_point.is_some()
+                })
         });
         if wanted.contains(&ObjectClass::Certificate) || key_without_public {
             link.certificate_values(session.handle, &mut objects)?;
@@ -479,8 +496,9 @@ impl StoreCtx {
                 match Key::build(&self.provctx, link, token, &parts, true) {
                     Ok(key) => {
                         if key.always_authenticate {
-                            *key.auth_pin.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                pin.clone();
+                            *key.auth_pin
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = pin.clone();
                         }
                         private_uris.push(key.uri.clone());
                         found.push(self.register(key));

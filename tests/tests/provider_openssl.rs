@@ -5,6 +5,8 @@
 //!
 //! Needs `cargo build --workspace` first (the tests load the built `libp11fwd_provider.so`).
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -325,33 +327,102 @@ fn certificates_x509_ca_and_cms() {
         let key = env.key_uri(label);
         // req -x509: self-signed with the token key (the serial needs default's DRBG).
         let cert = env.path(&format!("{label}.self.pem"));
-        env.ok(&["req", "-x509", "-new", "-key", &key, "-subj", "/CN=self", "-days", "2", "-out", s(&cert)]);
+        env.ok(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=self",
+            "-days",
+            "2",
+            "-out",
+            s(&cert),
+        ]);
         let out = run(&mut env.openssl_cmd(&["verify", "-CAfile", s(&cert), s(&cert)]));
         assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
         // x509 -req -CA -CAkey: sign a CSR made from a software key; the CA cert is the
         // token's own certificate, so X509_check_private_key compares the token key with it.
         let leaf_key = env.path("leaf.key");
-        run(&mut env.openssl_cmd(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", s(&leaf_key)]));
+        run(&mut env.openssl_cmd(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            s(&leaf_key),
+        ]));
         let leaf_csr = env.path("leaf.csr");
-        run(&mut env.openssl_cmd(&["req", "-new", "-key", s(&leaf_key), "-subj", "/CN=leaf", "-out", s(&leaf_csr)]));
+        run(&mut env.openssl_cmd(&[
+            "req",
+            "-new",
+            "-key",
+            s(&leaf_key),
+            "-subj",
+            "/CN=leaf",
+            "-out",
+            s(&leaf_csr),
+        ]));
         let leaf = env.path(&format!("{label}.leaf.pem"));
         env.ok(&[
-            "x509", "-req", "-in", s(&leaf_csr), "-CA", s(&env.token.cert_pem(label)), "-CAkey", &key,
-            "-CAcreateserial", "-days", "2", "-out", s(&leaf),
+            "x509",
+            "-req",
+            "-in",
+            s(&leaf_csr),
+            "-CA",
+            s(&env.token.cert_pem(label)),
+            "-CAkey",
+            &key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            s(&leaf),
         ]);
-        let out = run(&mut env.openssl_cmd(&["verify", "-CAfile", s(&env.token.cert_pem(label)), s(&leaf)]));
+        let out = run(&mut env.openssl_cmd(&[
+            "verify",
+            "-CAfile",
+            s(&env.token.cert_pem(label)),
+            s(&leaf),
+        ]));
         assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
         // cms -sign with the token key and its certificate; verified in software.
         let signed = env.path(&format!("{label}.cms"));
         env.ok(&[
-            "cms", "-sign", "-in", "data.txt", "-signer", s(&env.token.cert_pem(label)), "-inkey", &key,
-            "-nodetach", "-outform", "PEM", "-out", s(&signed),
+            "cms",
+            "-sign",
+            "-in",
+            "data.txt",
+            "-signer",
+            s(&env.token.cert_pem(label)),
+            "-inkey",
+            &key,
+            "-nodetach",
+            "-outform",
+            "PEM",
+            "-out",
+            s(&signed),
         ]);
         let out = run(&mut env.openssl_cmd(&[
-            "cms", "-verify", "-in", s(&signed), "-inform", "PEM", "-CAfile", s(&env.token.cert_pem(label)),
-            "-out", s(&env.path("cms.out")),
+            "cms",
+            "-verify",
+            "-in",
+            s(&signed),
+            "-inform",
+            "PEM",
+            "-CAfile",
+            s(&env.token.cert_pem(label)),
+            "-out",
+            s(&env.path("cms.out")),
         ]));
-        assert!(out.stderr.contains("Verification successful"), "{}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("Verification successful"),
+            "{}{}",
+            out.stdout,
+            out.stderr
+        );
     }
 }
 
@@ -374,15 +445,47 @@ fn ca_keyfile_signs_with_the_token_key() {
     )
     .unwrap();
     let leaf_key = env.path("leaf.key");
-    run(&mut env.openssl_cmd(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", s(&leaf_key)]));
+    run(&mut env.openssl_cmd(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        s(&leaf_key),
+    ]));
     let csr = env.path("leaf.csr");
-    run(&mut env.openssl_cmd(&["req", "-new", "-key", s(&leaf_key), "-subj", "/CN=leaf", "-out", s(&csr)]));
+    run(&mut env.openssl_cmd(&[
+        "req",
+        "-new",
+        "-key",
+        s(&leaf_key),
+        "-subj",
+        "/CN=leaf",
+        "-out",
+        s(&csr),
+    ]));
     let out_cert = env.path("leaf.pem");
     env.ok(&[
-        "ca", "-batch", "-config", s(&conf), "-cert", s(&env.token.cert_pem("ec-p256")), "-keyfile",
-        &env.key_uri("ec-p256"), "-in", s(&csr), "-out", s(&out_cert),
+        "ca",
+        "-batch",
+        "-config",
+        s(&conf),
+        "-cert",
+        s(&env.token.cert_pem("ec-p256")),
+        "-keyfile",
+        &env.key_uri("ec-p256"),
+        "-in",
+        s(&csr),
+        "-out",
+        s(&out_cert),
     ]);
-    let out = run(&mut env.openssl_cmd(&["verify", "-CAfile", s(&env.token.cert_pem("ec-p256")), s(&out_cert)]));
+    let out = run(&mut env.openssl_cmd(&[
+        "verify",
+        "-CAfile",
+        s(&env.token.cert_pem("ec-p256")),
+        s(&out_cert),
+    ]));
     assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
 }
 
@@ -390,11 +493,22 @@ fn ca_keyfile_signs_with_the_token_key() {
 fn pkeyutl_signs_digests_and_raw_rsa() {
     let env = Env::new(&[Key::Rsa2048, Key::EcP384]);
     let digest = env.path("digest.bin");
-    let out = run(&mut env.openssl_cmd(&["dgst", "-sha256", "-binary", "-out", s(&digest), "data.txt"]));
+    let out =
+        run(&mut env.openssl_cmd(&["dgst", "-sha256", "-binary", "-out", s(&digest), "data.txt"]));
     assert!(out.success());
     for (label, opts) in [
         ("rsa2048", vec!["-pkeyopt", "digest:sha256"]),
-        ("rsa2048", vec!["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", "digest:sha256", "-pkeyopt", "rsa_pss_saltlen:digest"]),
+        (
+            "rsa2048",
+            vec![
+                "-pkeyopt",
+                "rsa_padding_mode:pss",
+                "-pkeyopt",
+                "digest:sha256",
+                "-pkeyopt",
+                "rsa_pss_saltlen:digest",
+            ],
+        ),
         ("ec-p384", vec!["-pkeyopt", "digest:sha256"]),
     ] {
         let sig = env.path("pkeyutl.sig");
@@ -405,11 +519,24 @@ fn pkeyutl_signs_digests_and_raw_rsa() {
         env.ok(&args);
         let pubkey = env.token.public_pem(label);
         let mut vargs = vec![
-            "pkeyutl", "-verify", "-pubin", "-inkey", s(&pubkey), "-in", s(&digest), "-sigfile", s(&sig),
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            s(&pubkey),
+            "-in",
+            s(&digest),
+            "-sigfile",
+            s(&sig),
         ];
         vargs.extend(opts.iter().copied());
         let out = run(&mut env.openssl_cmd(&vargs));
-        assert!(out.stdout.contains("Signature Verified Successfully"), "{label} {opts:?}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.contains("Signature Verified Successfully"),
+            "{label} {opts:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
     }
     // Raw RSA (rsa_padding_mode:none) is implemented (CKM_RSA_X_509), but OpenSSL 3.0's
     // pkeyutl refuses to sign inputs longer than a digest, so the CLI cannot reach it.
@@ -431,15 +558,33 @@ fn storeutl_lists_objects_with_uris_that_resolve_to_themselves() {
     for uri in uris {
         let with_pin = format!("{uri}?pin-value={}", env.token.user_pin());
         let again = env.ok(&["storeutl", "-text", &with_pin]);
-        assert!(again.stdout.contains("Total found: 1"), "{uri}: {}", again.stdout);
-        assert!(again.stdout.contains(&format!("URI {uri}")), "{uri}: {}", again.stdout);
+        assert!(
+            again.stdout.contains("Total found: 1"),
+            "{uri}: {}",
+            again.stdout
+        );
+        assert!(
+            again.stdout.contains(&format!("URI {uri}")),
+            "{uri}: {}",
+            again.stdout
+        );
     }
     // Certificates come back as DER, identical to the fixture's.
-    let out = env.ok(&["storeutl", "-certs", &format!("{};object=ec-p256", env.token.uri())]);
+    let out = env.ok(&[
+        "storeutl",
+        "-certs",
+        &format!("{};object=ec-p256", env.token.uri()),
+    ]);
     let fixture = std::fs::read_to_string(env.token.cert_pem("ec-p256")).unwrap();
     assert!(out.stdout.contains(fixture.trim()), "{}", out.stdout);
     // Search by subject.
-    let out = env.ok(&["storeutl", "-certs", "-subject", "/CN=rsa2048/O=p11fwd-test", &env.token.uri()]);
+    let out = env.ok(&[
+        "storeutl",
+        "-certs",
+        "-subject",
+        "/CN=rsa2048/O=p11fwd-test",
+        &env.token.uri(),
+    ]);
     assert!(out.stdout.contains("Total found: 1"), "{}", out.stdout);
 }
 
@@ -450,13 +595,35 @@ fn pkey_pubout_text_and_equality_with_the_file_key() {
         env.export_public(label);
         // DER output too.
         let der = env.path(&format!("{label}.pub.der"));
-        env.ok(&["pkey", "-in", &env.key_uri(label), "-pubout", "-outform", "DER", "-out", s(&der)]);
-        assert_eq!(std::fs::read(&der).unwrap(), std::fs::read(env.token.public_der(label)).unwrap());
+        env.ok(&[
+            "pkey",
+            "-in",
+            &env.key_uri(label),
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            s(&der),
+        ]);
+        assert_eq!(
+            std::fs::read(&der).unwrap(),
+            std::fs::read(env.token.public_der(label)).unwrap()
+        );
         let out = env.ok(&["pkey", "-in", &env.key_uri(label), "-text", "-noout"]);
         assert!(out.stdout.contains("URI pkcs11:"), "{}", out.stdout);
-        assert!(out.stdout.contains(&format!("object={label};type=private")), "{}", out.stdout);
+        assert!(
+            out.stdout.contains(&format!("object={label};type=private")),
+            "{}",
+            out.stdout
+        );
         // The public key found by a public-key request, and from the private key's URI.
-        let out = env.ok(&["pkey", "-pubin", "-in", &env.token.object_uri(label), "-pubout"]);
+        let out = env.ok(&[
+            "pkey",
+            "-pubin",
+            "-in",
+            &env.token.object_uri(label),
+            "-pubout",
+        ]);
         let fixture = std::fs::read_to_string(env.token.public_pem(label)).unwrap();
         assert_eq!(out.stdout, fixture);
     }
@@ -468,7 +635,15 @@ fn always_authenticate_key_logs_in_per_signature() {
     let pubkey = env.token.public_pem("rsa-always-auth");
     for i in 0..2 {
         let sig = env.path(&format!("aa{i}.sig"));
-        env.ok(&["dgst", "-sha256", "-sign", &env.key_uri("rsa-always-auth"), "-out", s(&sig), "data.txt"]);
+        env.ok(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            &env.key_uri("rsa-always-auth"),
+            "-out",
+            s(&sig),
+            "data.txt",
+        ]);
         env.verify(&pubkey, &sig, &["-sha256"]);
     }
 }
@@ -501,14 +676,25 @@ impl OwnServer {
             .expect("start the server");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
-            assert!(Instant::now() < deadline, "{} did not create its socket", program.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not create its socket",
+                program.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, socket, _dir: dir }
+        Self {
+            child,
+            socket,
+            _dir: dir,
+        }
     }
 
     fn address(&self) -> String {
-        format!("unix:path={}", p11fwd_tests::percent_encode(s(&self.socket)))
+        format!(
+            "unix:path={}",
+            p11fwd_tests::percent_encode(s(&self.socket))
+        )
     }
 }
 
@@ -527,12 +713,26 @@ fn wrong_pin_reaches_the_token_exactly_once() {
         &p11fwd_tests::require_tool("p11-kit"),
         Path::new("/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"),
         &env.token,
-        &[("PKCS11SPY", env.token.module_path()), ("PKCS11SPY_OUTPUT", &spy_log)],
+        &[
+            ("PKCS11SPY", env.token.module_path()),
+            ("PKCS11SPY_OUTPUT", &spy_log),
+        ],
     );
     env.address = server.address();
-    let uri = format!("{};type=private?pin-value=999999", env.token.object_uri("ec-p256"));
+    let uri = format!(
+        "{};type=private?pin-value=999999",
+        env.token.object_uri("ec-p256")
+    );
     let sig = env.path("never.sig");
-    let out = env.ossl(&["dgst", "-sha256", "-sign", &uri, "-out", s(&sig), "data.txt"]);
+    let out = env.ossl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        &uri,
+        "-out",
+        s(&sig),
+        "data.txt",
+    ]);
     assert!(!out.success());
     assert!(out.stderr.contains("PIN incorrect"), "{}", out.stderr);
     assert!(out.stderr.contains("not retried"), "{}", out.stderr);
@@ -546,33 +746,77 @@ fn wrong_pin_reaches_the_token_exactly_once() {
 fn bad_input_fails_clearly_and_quickly() {
     let env = Env::new(&[Key::EcP256, Key::EcP384]);
     let cases: Vec<(String, &str)> = vec![
-        ("pkcs11:object=ec-p256;bogus%zz".to_owned(), "malformed pkcs11 URI"),
-        (format!("{};object=nothing-here?pin-value=123456", env.token.uri()), "no object matches the URI"),
+        (
+            "pkcs11:object=ec-p256;bogus%zz".to_owned(),
+            "malformed pkcs11 URI",
+        ),
+        (
+            format!("{};object=nothing-here?pin-value=123456", env.token.uri()),
+            "no object matches the URI",
+        ),
         // Both EC keys match a URI naming only the token.
-        (format!("{};type=private?pin-value=123456", env.token.uri()), "several objects match the URI"),
+        (
+            format!("{};type=private?pin-value=123456", env.token.uri()),
+            "several objects match the URI",
+        ),
     ];
     for (uri, reason) in cases {
         let sig = env.path("bad.sig");
-        let out = env.ossl(&["dgst", "-sha256", "-sign", &uri, "-out", s(&sig), "data.txt"]);
+        let out = env.ossl(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            &uri,
+            "-out",
+            s(&sig),
+            "data.txt",
+        ]);
         assert!(!out.success(), "{uri} succeeded");
-        assert!(out.stderr.contains(reason), "{uri}: expected {reason:?} in\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(reason),
+            "{uri}: expected {reason:?} in\n{}",
+            out.stderr
+        );
         // (openssl itself echoes the URI it was given; our own messages never hold the PIN.)
         for line in out.stderr.lines().filter(|l| l.contains(":p11fwd:")) {
             assert!(!line.contains("123456"), "PIN leaked: {line}");
         }
     }
-    let out = env.ossl(&["dgst", "-sha256", "-sign", &format!("{};type=private?pin-value=123456", env.token.uri()), "data.txt"]);
-    assert!(out.stderr.contains("object=ec-p384;type=private"), "the candidates are listed: {}", out.stderr);
+    let out = env.ossl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        &format!("{};type=private?pin-value=123456", env.token.uri()),
+        "data.txt",
+    ]);
+    assert!(
+        out.stderr.contains("object=ec-p384;type=private"),
+        "the candidates are listed: {}",
+        out.stderr
+    );
     // No PIN anywhere and no terminal: a clear "PIN required", no prompt, no hang.
     let no_pin = format!("{};type=private", env.token.object_uri("ec-p256"));
     let out = run_with(
-        env.openssl_cmd(&["pkey", "-provider", "p11fwd", "-provider", "default", "-in", &no_pin, "-pubout"])
-            .env("OPENSSL_CONF", env.path("empty.cnf")),
+        env.openssl_cmd(&[
+            "pkey",
+            "-provider",
+            "p11fwd",
+            "-provider",
+            "default",
+            "-in",
+            &no_pin,
+            "-pubout",
+        ])
+        .env("OPENSSL_CONF", env.path("empty.cnf")),
         None,
         Duration::from_secs(30),
     );
     assert!(!out.success());
-    assert!(out.stderr.contains("PIN required") || out.stderr.contains("needs a PIN"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PIN required") || out.stderr.contains("needs a PIN"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -582,7 +826,11 @@ fn server_down_fails_with_a_clear_message_in_bounded_time() {
     let started = Instant::now();
     let out = env.ossl(&["pkey", "-in", &env.key_uri("ec-p256"), "-pubout"]);
     assert!(!out.success());
-    assert!(out.stderr.contains("cannot reach the p11fwd server"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach the p11fwd server"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("nobody-listens.sock"), "{}", out.stderr);
     assert!(started.elapsed() < Duration::from_secs(10));
     // A server that accepts and then never answers: the per-call timeout ends it.
@@ -597,11 +845,24 @@ fn server_down_fails_with_a_clear_message_in_bounded_time() {
     });
     env.address = format!("unix:path={}", s(&sock));
     let started = Instant::now();
-    let mut cmd = env.openssl_cmd(&["pkey", "-provider", "p11fwd", "-provider", "default", "-in", &env.key_uri("ec-p256"), "-pubout"]);
+    let mut cmd = env.openssl_cmd(&[
+        "pkey",
+        "-provider",
+        "p11fwd",
+        "-provider",
+        "default",
+        "-in",
+        &env.key_uri("ec-p256"),
+        "-pubout",
+    ]);
     cmd.env("P11FWD_TIMEOUT", "2");
     let out = run(&mut cmd);
     assert!(!out.success());
-    assert!(out.stderr.contains("cannot reach the p11fwd server"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot reach the p11fwd server"),
+        "{}",
+        out.stderr
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
@@ -609,21 +870,57 @@ fn server_down_fails_with_a_clear_message_in_bounded_time() {
 fn round_trips_per_key_load_signature_and_csr() {
     let mut env = Env::new(&[Key::EcP256, Key::Rsa2048]);
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(relay_dir.path().join("relay.sock"), env.server.socket_path(), Duration::ZERO).unwrap();
+    let relay = Relay::start(
+        relay_dir.path().join("relay.sock"),
+        env.server.socket_path(),
+        Duration::ZERO,
+    )
+    .unwrap();
     env.address = relay.address();
     for label in ["ec-p256", "rsa2048"] {
         relay.reset_stats();
-        env.ok(&["pkey", "-in", &env.key_uri(label), "-pubout", "-out", s(&env.path("rt.pub"))]);
+        env.ok(&[
+            "pkey",
+            "-in",
+            &env.key_uri(label),
+            "-pubout",
+            "-out",
+            s(&env.path("rt.pub")),
+        ]);
         let load = relay.stats().round_trips;
         if std::env::var_os("P11FWD_TEST_DEBUG").is_some() {
-            let out = env.ok(&["pkey", "-in", &env.key_uri(label), "-pubout", "-out", s(&env.path("rt.pub"))]);
+            let out = env.ok(&[
+                "pkey",
+                "-in",
+                &env.key_uri(label),
+                "-pubout",
+                "-out",
+                s(&env.path("rt.pub")),
+            ]);
             eprintln!("{}", out.stderr);
         }
         relay.reset_stats();
-        env.ok(&["dgst", "-sha256", "-sign", &env.key_uri(label), "-out", s(&env.path("rt.sig")), "data.txt"]);
+        env.ok(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            &env.key_uri(label),
+            "-out",
+            s(&env.path("rt.sig")),
+            "data.txt",
+        ]);
         let sign = relay.stats().round_trips;
         relay.reset_stats();
-        env.ok(&["req", "-new", "-key", &env.key_uri(label), "-subj", "/CN=rt", "-out", s(&env.path("rt.csr"))]);
+        env.ok(&[
+            "req",
+            "-new",
+            "-key",
+            &env.key_uri(label),
+            "-subj",
+            "/CN=rt",
+            "-out",
+            s(&env.path("rt.csr")),
+        ]);
         let csr = relay.stats().round_trips;
         println!("{label}: key load {load} round trips, load + 1 signature {sign}, req -new {csr}");
         assert!(load <= 5, "key load took {load} round trips");
@@ -642,7 +939,12 @@ fn works_behind_p11fwd_server_too() {
         &[],
     );
     let relay_dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(relay_dir.path().join("relay.sock"), &server.socket, Duration::ZERO).unwrap();
+    let relay = Relay::start(
+        relay_dir.path().join("relay.sock"),
+        &server.socket,
+        Duration::ZERO,
+    )
+    .unwrap();
     env.address = relay.address();
     for label in ["ec-p256", "rsa2048"] {
         relay.reset_stats();
@@ -650,21 +952,63 @@ fn works_behind_p11fwd_server_too() {
         let load = relay.stats().round_trips;
         relay.reset_stats();
         let sig = env.path("fwd.sig");
-        env.ok(&["dgst", "-sha256", "-sign", &env.key_uri(label), "-out", s(&sig), "data.txt"]);
+        env.ok(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            &env.key_uri(label),
+            "-out",
+            s(&sig),
+            "data.txt",
+        ]);
         env.verify(&pubkey, &sig, &["-sha256"]);
         let sign = relay.stats().round_trips;
         relay.reset_stats();
-        env.ok(&["req", "-new", "-key", &env.key_uri(label), "-subj", "/CN=fwd", "-out", s(&env.path("fwd.csr"))]);
+        env.ok(&[
+            "req",
+            "-new",
+            "-key",
+            &env.key_uri(label),
+            "-subj",
+            "/CN=fwd",
+            "-out",
+            s(&env.path("fwd.csr")),
+        ]);
         let csr = relay.stats().round_trips;
-        println!("p11fwd server, {label}: key load {load}, load + 1 signature {sign}, req -new {csr}");
+        println!(
+            "p11fwd server, {label}: key load {load}, load + 1 signature {sign}, req -new {csr}"
+        );
         assert_eq!(sign, load + 1);
         assert!(load <= 5 && csr <= 6);
     }
     let sig = env.path("fwd-ed.sig");
-    env.ok(&["pkeyutl", "-sign", "-rawin", "-inkey", &env.key_uri("ed25519"), "-in", "data.txt", "-out", s(&sig)]);
+    env.ok(&[
+        "pkeyutl",
+        "-sign",
+        "-rawin",
+        "-inkey",
+        &env.key_uri("ed25519"),
+        "-in",
+        "data.txt",
+        "-out",
+        s(&sig),
+    ]);
     let out = run(&mut env.openssl_cmd(&[
-        "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", s(&env.token.public_pem("ed25519")), "-in",
-        "data.txt", "-sigfile", s(&sig),
+        "pkeyutl",
+        "-verify",
+        "-rawin",
+        "-pubin",
+        "-inkey",
+        s(&env.token.public_pem("ed25519")),
+        "-in",
+        "data.txt",
+        "-sigfile",
+        s(&sig),
     ]));
-    assert!(out.stdout.contains("Signature Verified Successfully"), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("Signature Verified Successfully"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
 }

@@ -21,30 +21,110 @@ static STORE: AlgorithmTable = algorithm_table![algorithm(
 
 /// `OSSL_OP_KEYMGMT`: keys that live on the token.
 static KEYMGMT: AlgorithmTable = algorithm_table![
-    algorithm(c"RSA:rsaEncryption:1.2.840.113549.1.1.1", PROPERTIES, &keymgmt::RSA_FUNCTIONS, c"p11fwd RSA token keys"),
-    algorithm(c"RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10", PROPERTIES, &keymgmt::RSA_PSS_FUNCTIONS, c"p11fwd RSA-PSS token keys"),
-    algorithm(c"EC:id-ecPublicKey:1.2.840.10045.2.1", PROPERTIES, &keymgmt::EC_FUNCTIONS, c"p11fwd EC token keys"),
-    algorithm(c"ED25519:1.3.101.112", PROPERTIES, &keymgmt::ED25519_FUNCTIONS, c"p11fwd Ed25519 token keys"),
-    algorithm(c"ED448:1.3.101.113", PROPERTIES, &keymgmt::ED448_FUNCTIONS, c"p11fwd Ed448 token keys"),
-    algorithm(c"X25519:1.3.101.110", PROPERTIES, &keymgmt::X25519_FUNCTIONS, c"p11fwd X25519 token keys"),
-    algorithm(c"X448:1.3.101.111", PROPERTIES, &keymgmt::X448_FUNCTIONS, c"p11fwd X448 token keys"),
+    algorithm(
+        c"RSA:rsaEncryption:1.2.840.113549.1.1.1",
+        PROPERTIES,
+        &keymgmt::RSA_FUNCTIONS,
+        c"p11fwd RSA token keys"
+    ),
+    algorithm(
+        c"RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10",
+        PROPERTIES,
+        &keymgmt::RSA_PSS_FUNCTIONS,
+        c"p11fwd RSA-PSS token keys"
+    ),
+    algorithm(
+        c"EC:id-ecPublicKey:1.2.840.10045.2.1",
+        PROPERTIES,
+        &keymgmt::EC_FUNCTIONS,
+        c"p11fwd EC token keys"
+    ),
+    algorithm(
+        c"ED25519:1.3.101.112",
+        PROPERTIES,
+        &keymgmt::ED25519_FUNCTIONS,
+        c"p11fwd Ed25519 token keys"
+    ),
+    algorithm(
+        c"ED448:1.3.101.113",
+        PROPERTIES,
+        &keymgmt::ED448_FUNCTIONS,
+        c"p11fwd Ed448 token keys"
+    ),
+    algorithm(
+        c"X25519:1.3.101.110",
+        PROPERTIES,
+        &keymgmt::X25519_FUNCTIONS,
+        c"p11fwd X25519 token keys"
+    ),
+    algorithm(
+        c"X448:1.3.101.111",
+        PROPERTIES,
+        &keymgmt::X448_FUNCTIONS,
+        c"p11fwd X448 token keys"
+    ),
 ];
 
 /// `OSSL_OP_SIGNATURE`.
 static SIGNATURE: AlgorithmTable = algorithm_table![
-    algorithm(c"RSA:rsaEncryption:1.2.840.113549.1.1.1", PROPERTIES, &signature::RSA_FUNCTIONS, c"p11fwd RSA signatures on the token"),
-    algorithm(c"ECDSA", PROPERTIES, &signature::ECDSA_FUNCTIONS, c"p11fwd ECDSA on the token"),
-    algorithm(c"ED25519:1.3.101.112", PROPERTIES, &signature::ED25519_FUNCTIONS, c"p11fwd Ed25519 on the token"),
-    algorithm(c"ED448:1.3.101.113", PROPERTIES, &signature::ED448_FUNCTIONS, c"p11fwd Ed448 on the token"),
+    algorithm(
+        c"RSA:rsaEncryption:1.2.840.113549.1.1.1",
+        PROPERTIES,
+        &signature::RSA_FUNCTIONS,
+        c"p11fwd RSA signatures on the token"
+    ),
+    algorithm(
+        c"ECDSA",
+        PROPERTIES,
+        &signature::ECDSA_FUNCTIONS,
+        c"p11fwd ECDSA on the token"
+    ),
+    algorithm(
+        c"ED25519:1.3.101.112",
+        PROPERTIES,
+        &signature::ED25519_FUNCTIONS,
+        c"p11fwd Ed25519 on the token"
+    ),
+    algorithm(
+        c"ED448:1.3.101.113",
+        PROPERTIES,
+        &signature::ED448_FUNCTIONS,
+        c"p11fwd Ed448 on the token"
+    ),
 ];
 
 /// `OSSL_OP_DIGEST`: local SHA-1/SHA-2.
 static DIGEST: AlgorithmTable = algorithm_table![
-    algorithm(c"SHA1:SHA-1:SSL3-SHA1:1.3.14.3.2.26", PROPERTIES, &digest::SHA1_FUNCTIONS, c"p11fwd SHA-1"),
-    algorithm(c"SHA2-224:SHA-224:SHA224:2.16.840.1.101.3.4.2.4", PROPERTIES, &digest::SHA224_FUNCTIONS, c"p11fwd SHA-224"),
-    algorithm(c"SHA2-256:SHA-256:SHA256:2.16.840.1.101.3.4.2.1", PROPERTIES, &digest::SHA256_FUNCTIONS, c"p11fwd SHA-256"),
-    algorithm(c"SHA2-384:SHA-384:SHA384:2.16.840.1.101.3.4.2.2", PROPERTIES, &digest::SHA384_FUNCTIONS, c"p11fwd SHA-384"),
-    algorithm(c"SHA2-512:SHA-512:SHA512:2.16.840.1.101.3.4.2.3", PROPERTIES, &digest::SHA512_FUNCTIONS, c"p11fwd SHA-512"),
+    algorithm(
+        c"SHA1:SHA-1:SSL3-SHA1:1.3.14.3.2.26",
+        PROPERTIES,
+        &digest::SHA1_FUNCTIONS,
+        c"p11fwd SHA-1"
+    ),
+    algorithm(
+        c"SHA2-224:SHA-224:SHA224:2.16.840.1.101.3.4.2.4",
+        PROPERTIES,
+        &digest::SHA224_FUNCTIONS,
+        c"p11fwd SHA-224"
+    ),
+    algorithm(
+        c"SHA2-256:SHA-256:SHA256:2.16.840.1.101.3.4.2.1",
+        PROPERTIES,
+        &digest::SHA256_FUNCTIONS,
+        c"p11fwd SHA-256"
+    ),
+    algorithm(
+        c"SHA2-384:SHA-384:SHA384:2.16.840.1.101.3.4.2.2",
+        PROPERTIES,
+        &digest::SHA384_FUNCTIONS,
+        c"p11fwd SHA-384"
+    ),
+    algorithm(
+        c"SHA2-512:SHA-512:SHA512:2.16.840.1.101.3.4.2.3",
+        PROPERTIES,
+        &digest::SHA512_FUNCTIONS,
+        c"p11fwd SHA-512"
+    ),
 ];
 
 macro_rules! encoders {

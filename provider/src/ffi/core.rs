@@ -77,7 +77,11 @@ impl Core {
     /// # Safety
     ///
     /// `bio` is the `OSSL_CORE_BIO *` the core passed to the current encoder call.
-    pub(crate) unsafe fn bio_write(&self, bio: *mut sys::OSSL_CORE_BIO, data: &[u8]) -> Result<(), Error> {
+    pub(crate) unsafe fn bio_write(
+        &self,
+        bio: *mut sys::OSSL_CORE_BIO,
+        data: &[u8],
+    ) -> Result<(), Error> {
         let write = self
             .bio_write
             .ok_or(Error::Internal("the core offers no BIO_write_ex"))?;

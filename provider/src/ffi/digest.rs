@@ -61,10 +61,30 @@ macro_rules! digest {
 }
 
 digest!(SHA1_FUNCTIONS, newctx_sha1, get_params_sha1, Hash::Sha1);
-digest!(SHA224_FUNCTIONS, newctx_sha224, get_params_sha224, Hash::Sha224);
-digest!(SHA256_FUNCTIONS, newctx_sha256, get_params_sha256, Hash::Sha256);
-digest!(SHA384_FUNCTIONS, newctx_sha384, get_params_sha384, Hash::Sha384);
-digest!(SHA512_FUNCTIONS, newctx_sha512, get_params_sha512, Hash::Sha512);
+digest!(
+    SHA224_FUNCTIONS,
+    newctx_sha224,
+    get_params_sha224,
+    Hash::Sha224
+);
+digest!(
+    SHA256_FUNCTIONS,
+    newctx_sha256,
+    get_params_sha256,
+    Hash::Sha256
+);
+digest!(
+    SHA384_FUNCTIONS,
+    newctx_sha384,
+    get_params_sha384,
+    Hash::Sha384
+);
+digest!(
+    SHA512_FUNCTIONS,
+    newctx_sha512,
+    get_params_sha512,
+    Hash::Sha512
+);
 
 fn get_params(hash: Hash, mut params: ParamsMut<'_>) -> Result<c_int, Error> {
     for mut p in params.iter_mut() {

@@ -34,7 +34,12 @@ macro_rules! keymgmt_table {
 keymgmt_table!(RSA_FUNCTIONS, query_rsa, gettable_rsa, export_types_rsa);
 keymgmt_table!(RSA_PSS_FUNCTIONS, query_rsa, gettable_rsa, export_types_rsa);
 keymgmt_table!(EC_FUNCTIONS, query_ec, gettable_ec, export_types_ec);
-keymgmt_table!(ED25519_FUNCTIONS, query_ed25519, gettable_raw, export_types_raw);
+keymgmt_table!(
+    ED25519_FUNCTIONS,
+    query_ed25519,
+    gettable_raw,
+    export_types_raw
+);
 keymgmt_table!(ED448_FUNCTIONS, query_ed448, gettable_raw, export_types_raw);
 keymgmt_table!(X25519_FUNCTIONS, query_ecdh, gettable_raw, export_types_raw);
 keymgmt_table!(X448_FUNCTIONS, query_ecdh, gettable_raw, export_types_raw);
@@ -174,10 +179,11 @@ entry! {
                 if let KeyKind::Ec(c) = key.kind {
                     p.set_static_utf8(c.group_name())?;
                 }
-            } else if k == sys::OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY || k == sys::OSSL_PKEY_PARAM_PUB_KEY {
-                if let PublicMaterial::Ec(v) | PublicMaterial::Raw(v) = &key.public {
-                    p.set_octets(v)?;
-                }
+            } else if (k == sys::OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY
+                || k == sys::OSSL_PKEY_PARAM_PUB_KEY)
+                && let PublicMaterial::Ec(v) | PublicMaterial::Raw(v) = &key.public
+            {
+                p.set_octets(v)?;
             }
         }
         Ok(1)
@@ -242,7 +248,8 @@ pub(crate) fn export_public(
             unsafe { cb(params.as_ptr(), cbarg) }
         }
         (PublicMaterial::Ec(point), KeyKind::Ec(curve)) => {
-            let mut b = ParamBuilder::new().utf8(sys::OSSL_PKEY_PARAM_GROUP_NAME, curve.group_name());
+            let mut b =
+                ParamBuilder::new().utf8(sys::OSSL_PKEY_PARAM_GROUP_NAME, curve.group_name());
             if public {
                 b = b.octets(sys::OSSL_PKEY_PARAM_PUB_KEY, point);
             }
@@ -254,7 +261,9 @@ pub(crate) fn export_public(
             if !public {
                 return Ok(1);
             }
-            let params = ParamBuilder::new().octets(sys::OSSL_PKEY_PARAM_PUB_KEY, raw).build();
+            let params = ParamBuilder::new()
+                .octets(sys::OSSL_PKEY_PARAM_PUB_KEY, raw)
+                .build();
             // SAFETY: as above.
             unsafe { cb(params.as_ptr(), cbarg) }
         }

@@ -21,16 +21,16 @@ pub(crate) mod boundary;
 pub(crate) mod cast;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod core;
+pub(crate) mod digest;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod dispatch;
-pub(crate) mod digest;
 pub(crate) mod encoder;
 pub(crate) mod err;
 pub(crate) mod keymgmt;
-pub(crate) mod signature;
-pub(crate) mod store;
-pub(crate) mod ui;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod params;
 pub(crate) mod process;
 pub(crate) mod provider;
+pub(crate) mod signature;
+pub(crate) mod store;
+pub(crate) mod ui;

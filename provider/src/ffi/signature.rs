@@ -10,7 +10,7 @@ use crate::ffi::dispatch::{DispatchTable, dispatch_table};
 use crate::ffi::params::{ParamTable, ParamType, Params, ParamsMut, param_table};
 use crate::key::Key;
 use crate::provider::ProvCtx;
-use crate::signature::{Algorithm, Operation, Padding, SaltLen, SigCtx};
+use crate::signature::{Algorithm, Padding, SaltLen, SigCtx};
 use crate::sys::{self, OSSL_PARAM};
 
 /// Custom parameter: output raw `r|s` instead of DER for ECDSA (an int, 0 or 1).
@@ -115,7 +115,7 @@ entry! {
         let ctx = unsafe { SigCtx::borrow_mut(ctx) }?;
         // SAFETY: the core passes our keydata (or NULL).
         let key = unsafe { init_key(provkey) }?;
-        ctx.init(key, Operation::Sign, None)?;
+        ctx.init(key, None)?;
         // SAFETY: the caller's END-terminated array, valid for this call.
         set_params(ctx, unsafe { Params::from_ptr(params) })?;
         Ok(1)
@@ -152,7 +152,12 @@ entry! {
 /// # Safety
 ///
 /// `sig` has `sigsize` writable bytes; `siglen` is writable.
-unsafe fn output(sig: *mut c_uchar, siglen: *mut usize, sigsize: usize, signature: &[u8]) -> Result<c_int, Error> {
+unsafe fn output(
+    sig: *mut c_uchar,
+    siglen: *mut usize,
+    sigsize: usize,
+    signature: &[u8],
+) -> Result<c_int, Error> {
     if signature.len() > sigsize {
         return Err(Error::Param {
             key: "sig".into(),
@@ -184,7 +189,7 @@ entry! {
             // SAFETY: a NUL-terminated name valid for the call.
             unsafe { c_str(mdname, "mdname") }?.to_str().unwrap_or("")
         };
-        ctx.init(key, Operation::Sign, Some(md))?;
+        ctx.init(key, Some(md))?;
         // SAFETY: the caller's END-terminated array, valid for this call.
         set_params(ctx, unsafe { Params::from_ptr(params) })?;
         Ok(1)
@@ -289,10 +294,11 @@ entry! {
                 } else {
                     p.set_utf8(&ctx.saltlen.name())?;
                 }
-            } else if k == sys::OSSL_SIGNATURE_PARAM_MGF1_DIGEST && ctx.algorithm == Algorithm::Rsa {
-                if let Some(md) = ctx.mgf1.or(ctx.md) {
-                    p.set_utf8(md.name())?;
-                }
+            } else if k == sys::OSSL_SIGNATURE_PARAM_MGF1_DIGEST
+                && ctx.algorithm == Algorithm::Rsa
+                && let Some(md) = ctx.mgf1.or(ctx.md)
+            {
+                p.set_utf8(md.name())?;
             }
         }
         Ok(1)
@@ -331,7 +337,8 @@ fn set_params(ctx: &mut SigCtx, params: Params<'_>) -> Result<(), Error> {
             ctx.saltlen = salt.ok_or(Error::Unsupported("this PSS salt length"))?;
         } else if k == sys::OSSL_SIGNATURE_PARAM_MGF1_DIGEST {
             ctx.mgf1 = Some(
-                crate::hash::Hash::from_name(p.utf8()?).ok_or(Error::Unsupported("this MGF1 digest"))?,
+                crate::hash::Hash::from_name(p.utf8()?)
+                    .ok_or(Error::Unsupported("this MGF1 digest"))?,
             );
         } else if k == ECDSA_RAW {
             ctx.ecdsa_raw = p.int()? != 0;

@@ -96,7 +96,9 @@ impl PinPrompt for CallbackPrompt {
     fn ask(&mut self, token: &str) -> Option<Zeroizing<String>> {
         if let Some(cb) = self.cb {
             let info = std::ffi::CString::new(format!("PKCS#11 token {token}")).ok()?;
-            let params = ParamBuilder::new().utf8(OSSL_PASSPHRASE_PARAM_INFO, &info).build();
+            let params = ParamBuilder::new()
+                .utf8(OSSL_PASSPHRASE_PARAM_INFO, &info)
+                .build();
             let mut buf = Zeroizing::new(vec![0u8; 1024]);
             let mut len = 0usize;
             // SAFETY: the core's callback with its own argument; `buf` has the size we pass;
@@ -110,10 +112,12 @@ impl PinPrompt for CallbackPrompt {
                     self.arg,
                 )
             };
-            if ok == 1 && len > 0 && len <= buf.len() {
-                if let Ok(pin) = core::str::from_utf8(&buf[..len]) {
-                    return Some(Zeroizing::new(pin.to_owned()));
-                }
+            if ok == 1
+                && len > 0
+                && len <= buf.len()
+                && let Ok(pin) = core::str::from_utf8(&buf[..len])
+            {
+                return Some(Zeroizing::new(pin.to_owned()));
             }
             tracing::debug!("the application's passphrase callback gave no PIN");
         }

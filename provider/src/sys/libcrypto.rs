@@ -34,6 +34,7 @@ unsafe extern "C" {
 
 /// OpenSSL's `UI` (opaque).
 #[repr(C)]
+#[derive(Debug)]
 pub struct UI {
     _private: [u8; 0],
 }
