@@ -279,7 +279,7 @@ impl Module {
 
     /// A slot-level (or general) call: reconnects when needed. Without a server, `stand_in`
     /// answers. `retry` repeats an idempotent call once on a fresh connection when the old one
-    /// turns out to be dead (the usual sign of a server restart).
+    /// turns out to be closed (the usual sign of a server restart).
     pub(crate) fn slot_call<T>(
         &self,
         retry: bool,
@@ -296,8 +296,10 @@ impl Module {
                 Err(e) if e.is_fatal() => {
                     tracing::warn!(cause = %e, "connection to the server lost");
                     self.lost(conn.generation);
+                    // A closed connection is the sign of a restart: try a fresh one. A timeout
+                    // or a malformed reply would most likely just happen again.
                     attempts -= 1;
-                    if attempts == 0 {
+                    if attempts == 0 || !matches!(e, WireError::Closed | WireError::Io(_)) {
                         return Err(transport_rv(&e));
                     }
                 }
