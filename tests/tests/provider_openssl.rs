@@ -1012,3 +1012,34 @@ fn works_behind_p11fwd_server_too() {
         out.stderr
     );
 }
+
+#[test]
+fn pin_from_the_config_file_and_from_the_application() {
+    let env = Env::new(&[Key::EcP256]);
+    let uri = format!("{};type=private", env.token.object_uri("ec-p256"));
+    // The application's passphrase callback (`-passin`), named after the token.
+    let out = env.ok(&["pkey", "-in", &uri, "-passin", "pass:123456", "-pubout"]);
+    assert!(out.stdout.contains("BEGIN PUBLIC KEY"), "{}", out.stdout);
+    // openssl.cnf only: server address and PIN file in p11fwd's section, no -provider flags.
+    let pin_file = env.path("pin.txt");
+    std::fs::write(&pin_file, "123456\n").unwrap();
+    let cnf = env.path("p11fwd.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n\
+             [provider_sect]\ndefault = default_sect\np11fwd = p11fwd_sect\n\
+             [default_sect]\nactivate = 1\n[p11fwd_sect]\nactivate = 1\n\
+             p11fwd-server-address = {}\npkcs11-module-token-pin = file:{}\n",
+            env.address,
+            pin_file.display()
+        ),
+    )
+    .unwrap();
+    let sig = env.path("cnf.sig");
+    let mut cmd = env.openssl_cmd(&["dgst", "-sha256", "-sign", &uri, "-out", s(&sig), "data.txt"]);
+    cmd.env("OPENSSL_CONF", &cnf).env_remove("P11FWD_SERVER_ADDRESS");
+    let out = run(&mut cmd);
+    assert!(out.success(), "{}", out.stderr);
+    env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
+}
