@@ -229,39 +229,26 @@ fn rsa_pss_with_every_salt_length_mode() {
 }
 
 #[test]
-fn ed25519_signs_with_pkeyutl_rawin() {
-    let env = Env::new(&[Key::Ed25519]);
-    let pubkey = env.export_public("ed25519");
-    let sig = env.path("ed.sig");
-    env.ok(&[
-        "pkeyutl",
-        "-sign",
-        "-rawin",
-        "-inkey",
-        &env.key_uri("ed25519"),
-        "-in",
-        "data.txt",
-        "-out",
-        s(&sig),
-    ]);
-    let out = run(&mut env.openssl_cmd(&[
-        "pkeyutl",
-        "-verify",
-        "-rawin",
-        "-pubin",
-        "-inkey",
-        s(&pubkey),
-        "-in",
-        "data.txt",
-        "-sigfile",
-        s(&sig),
-    ]));
-    assert!(
-        out.stdout.contains("Signature Verified Successfully"),
-        "{}{}",
-        out.stdout,
-        out.stderr
-    );
+fn eddsa_signs_with_pkeyutl_rawin() {
+    let env = Env::new(&[Key::Ed25519, Key::Ed448]);
+    for label in ["ed25519", "ed448"] {
+        let pubkey = env.export_public(label);
+        let sig = env.path(&format!("{label}.sig"));
+        env.ok(&[
+            "pkeyutl", "-sign", "-rawin", "-inkey", &env.key_uri(label), "-in", "data.txt", "-out",
+            s(&sig),
+        ]);
+        let out = run(&mut env.openssl_cmd(&[
+            "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", s(&pubkey), "-in", "data.txt",
+            "-sigfile", s(&sig),
+        ]));
+        assert!(
+            out.stdout.contains("Signature Verified Successfully"),
+            "{label}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
 }
 
 #[test]
