@@ -235,12 +235,27 @@ fn eddsa_signs_with_pkeyutl_rawin() {
         let pubkey = env.export_public(label);
         let sig = env.path(&format!("{label}.sig"));
         env.ok(&[
-            "pkeyutl", "-sign", "-rawin", "-inkey", &env.key_uri(label), "-in", "data.txt", "-out",
+            "pkeyutl",
+            "-sign",
+            "-rawin",
+            "-inkey",
+            &env.key_uri(label),
+            "-in",
+            "data.txt",
+            "-out",
             s(&sig),
         ]);
         let out = run(&mut env.openssl_cmd(&[
-            "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", s(&pubkey), "-in", "data.txt",
-            "-sigfile", s(&sig),
+            "pkeyutl",
+            "-verify",
+            "-rawin",
+            "-pubin",
+            "-inkey",
+            s(&pubkey),
+            "-in",
+            "data.txt",
+            "-sigfile",
+            s(&sig),
         ]));
         assert!(
             out.stdout.contains("Signature Verified Successfully"),
@@ -1024,8 +1039,17 @@ fn pin_from_the_config_file_and_from_the_application() {
     )
     .unwrap();
     let sig = env.path("cnf.sig");
-    let mut cmd = env.openssl_cmd(&["dgst", "-sha256", "-sign", &uri, "-out", s(&sig), "data.txt"]);
-    cmd.env("OPENSSL_CONF", &cnf).env_remove("P11FWD_SERVER_ADDRESS");
+    let mut cmd = env.openssl_cmd(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        &uri,
+        "-out",
+        s(&sig),
+        "data.txt",
+    ]);
+    cmd.env("OPENSSL_CONF", &cnf)
+        .env_remove("P11FWD_SERVER_ADDRESS");
     let out = run(&mut cmd);
     assert!(out.success(), "{}", out.stderr);
     env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
