@@ -97,3 +97,25 @@ macro_rules! entry {
 }
 
 pub(crate) use entry;
+
+#[cfg(test)]
+mod tests {
+    use cryptoki_sys::{CKR_GENERAL_ERROR, CKR_OK, CKR_PIN_INCORRECT};
+    use p11fwd_wire::Rv;
+
+    use super::guard;
+
+    #[test]
+    fn a_panic_becomes_general_error() {
+        assert_eq!(guard("C_Test", || panic!("boom")), CKR_GENERAL_ERROR);
+        assert_eq!(
+            guard("C_Test", || std::panic::panic_any(42_u32)),
+            CKR_GENERAL_ERROR
+        );
+        assert_eq!(guard("C_Test", || Ok(())), CKR_OK);
+        assert_eq!(
+            guard("C_Test", || Err(Rv(CKR_PIN_INCORRECT))),
+            CKR_PIN_INCORRECT
+        );
+    }
+}

@@ -8,9 +8,11 @@
 mod common;
 
 use std::ptr;
+use std::time::{Duration, Instant};
 
 use common::{Kind, Lib, Server, arg, lock, mech, mech_with, openssl, set_env};
 use cryptoki_sys::*;
+use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{Key, TestToken};
 
 fn token() -> TestToken {
@@ -1041,6 +1043,54 @@ fn threads(kind: Kind) {
         }
     });
     assert_eq!(lib.finalize(), CKR_OK);
+}
+
+/// Calls from many threads share one connection without waiting for each other: through a
+/// relay adding 50 ms each way, 8 threads × 4 calls take about 4 round trips, not 32.
+fn multiplexed(kind: Kind) {
+    let _g = lock();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let server = Server::start(kind, &token);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(
+        dir.path().join("relay.sock"),
+        server.socket(),
+        Duration::from_millis(50),
+    )
+    .unwrap();
+    set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
+    let lib = Lib::ours();
+    assert_eq!(lib.init(), CKR_OK);
+    let slot = lib.slots().unwrap()[0];
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..4 {
+                    let mut info = CK_TOKEN_INFO::default();
+                    assert_eq!(call!(lib, C_GetTokenInfo, slot, &mut info), CKR_OK);
+                }
+            });
+        }
+    });
+    let took = start.elapsed();
+    eprintln!("{kind:?}: 8 threads x 4 calls over a 100 ms round trip took {took:?}");
+    // One after the other this would be 32 round trips of at least 100 ms.
+    assert!(
+        took < Duration::from_millis(1600),
+        "8 × 4 calls took {took:?}"
+    );
+    assert_eq!(lib.finalize(), CKR_OK);
+}
+
+#[test]
+fn threads_share_the_connection_stock() {
+    multiplexed(Kind::Stock);
+}
+
+#[test]
+fn threads_share_the_connection_p11fwd() {
+    multiplexed(Kind::Fwd);
 }
 
 #[test]
