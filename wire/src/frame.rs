@@ -102,6 +102,15 @@ impl std::fmt::Debug for Frame {
     }
 }
 
+// Frames carry PINs (C_Login, C_InitPIN, C_SetPIN, ...) and can carry secrets (a derived
+// key's CKA_VALUE, decrypted data): wipe them when they go away.
+impl Drop for Frame {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.options);
+        zeroize::Zeroize::zeroize(&mut self.body);
+    }
+}
+
 impl Frame {
     /// A frame.
     pub fn new(code: u32, options: &[u8], body: Vec<u8>) -> Self {
@@ -118,7 +127,8 @@ impl Frame {
     }
 }
 
-/// The wire bytes of a frame.
+/// The wire bytes of a frame. Callers that send PINs or secrets should wipe the result (the
+/// blocking transport does).
 pub fn encode(code: u32, options: &[u8], body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER_LEN + options.len() + body.len());
     v.extend_from_slice(&code.to_be_bytes());

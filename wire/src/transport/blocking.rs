@@ -20,6 +20,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::net::SendFlags;
+use zeroize::Zeroizing;
 
 use crate::dialect::{Dialect, MAX_VERSION};
 use crate::error::{Error, ProtocolError, Result};
@@ -97,7 +98,7 @@ struct ReadState {
     /// A thread is reading from the socket right now.
     reading: bool,
     /// Replies read by another thread, by code.
-    arrived: HashMap<u32, Vec<u8>>,
+    arrived: HashMap<u32, Zeroizing<Vec<u8>>>,
     broken: Option<Broken>,
 }
 
@@ -237,18 +238,19 @@ impl Connection {
     }
 
     /// Read one frame from the socket (called by the thread that holds the reader role).
-    fn read_frame(&self) -> Result<(u32, Vec<u8>)> {
+    fn read_frame(&self) -> Result<(u32, Zeroizing<Vec<u8>>)> {
         let mut h = [0u8; HEADER_LEN];
         (&self.stream).read_exact(&mut h).map_err(io_error)?;
         let header = Header::parse(&h, self.opts.limits)?;
-        let mut rest = vec![0u8; header.options_len as usize + header.body_len as usize];
-        (&self.stream).read_exact(&mut rest).map_err(io_error)?;
-        rest.drain(..header.options_len as usize);
-        Ok((header.code, rest))
+        let mut options = vec![0u8; header.options_len as usize];
+        (&self.stream).read_exact(&mut options).map_err(io_error)?;
+        let mut body = Zeroizing::new(vec![0u8; header.body_len as usize]);
+        (&self.stream).read_exact(&mut body).map_err(io_error)?;
+        Ok((header.code, body))
     }
 
     /// Wait for the reply with `code`, reading frames for others as needed.
-    fn await_reply(&self, code: u32, deadline: Instant) -> Result<Vec<u8>> {
+    fn await_reply(&self, code: u32, deadline: Instant) -> Result<Zeroizing<Vec<u8>>> {
         let mut st = lock(&self.read);
         loop {
             if let Some(body) = st.arrived.remove(&code) {
@@ -304,7 +306,7 @@ impl Connection {
         Ok(())
     }
 
-    fn encode(&self, req: &Request) -> Result<Vec<u8>> {
+    fn encode(&self, req: &Request) -> Result<Zeroizing<Vec<u8>>> {
         if !self.dialect.knows(req.call) {
             // A 0.24 server drops the connection on ids it does not know (rpc §6).
             return Err(Error::Unsupported {
@@ -312,7 +314,7 @@ impl Connection {
                 rv: Rv(crate::consts::CKR_FUNCTION_NOT_SUPPORTED),
             });
         }
-        req.encode(self.dialect)
+        req.encode(self.dialect).map(Zeroizing::new)
     }
 
     fn send(&self, frames: &[u8]) -> Result<()> {
@@ -344,7 +346,11 @@ impl Connection {
         let body = self.encode(req)?;
         let code = self.next_code();
         let deadline = Instant::now() + self.opts.timeout;
-        self.send(&frame::encode(code, &self.opts.options, &body))?;
+        self.send(&Zeroizing::new(frame::encode(
+            code,
+            &self.opts.options,
+            &body,
+        )))?;
         let reply = self.await_reply(code, deadline)?;
         self.finish(req, &reply)
     }
@@ -355,7 +361,7 @@ impl Connection {
     /// effect of an earlier one in the same batch (e.g. `C_SignInit` then `C_Sign`). If a
     /// request cannot be encoded for this server, nothing is sent.
     pub fn call_batch(&self, reqs: &[Request]) -> Vec<Result<Vec<Arg>>> {
-        let mut wire = Vec::new();
+        let mut wire = Zeroizing::new(Vec::new());
         let mut codes = Vec::with_capacity(reqs.len());
         for req in reqs {
             match self.encode(req) {

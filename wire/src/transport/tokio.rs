@@ -106,6 +106,8 @@ fn eof_is_truncation(e: std::io::Error) -> Error {
 
 /// Write one frame (header, options and body in one buffer).
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<()> {
-    w.write_all(&frame.to_bytes()).await?;
+    // The copy may hold decrypted data or a derived secret: wipe it like the frame itself.
+    let bytes = zeroize::Zeroizing::new(frame.to_bytes());
+    w.write_all(&bytes).await?;
     Ok(())
 }
