@@ -57,6 +57,7 @@ pub(crate) fn release_all(shared: &Shared, conn: &Mutex<Conn>) {
     if let Ok(mut c) = lock(conn) {
         c.logged_in.clear();
         c.initialized = false;
+        shared.events.unsubscribe(c.id);
     }
 }
 
@@ -877,15 +878,10 @@ impl Cx<'_> {
                 Ok(vec![Arg::ByteArray(out)])
             }
             CallId::WaitForSlotEvent => {
+                // Served by the server (`server::slot_event`): a blocking wait is async there so
+                // that C_Finalize and a disconnect can end it. Not reached.
                 self.check_init()?;
-                // Events cannot be shared between connections (one would consume another's),
-                // and a blocking wait cannot be cancelled: like the stock proxy, no blocking
-                // waits; a non-blocking poll never has an event for us.
-                if a.u(0)? & CKF_DONT_BLOCK != 0 {
-                    Err(Rv(CKR_NO_EVENT))
-                } else {
-                    Err(Rv(CKR_FUNCTION_NOT_SUPPORTED))
-                }
+                Err(Rv(CKR_FUNCTION_NOT_SUPPORTED))
             }
             CallId::SessionCancel => {
                 let s = self.session(a.u(0)?)?;

@@ -5,6 +5,7 @@
 //! - [`state`]: what is shared between connections (token logins, session objects) and each
 //!   connection's own view (virtual slots, sessions and object handles).
 //! - `dispatch`: one handler per RPC call.
+//! - [`events`]: `C_WaitForSlotEvent` fanned out from one module instance to many connections.
 //! - [`server`]: the accept loop, per-connection lanes and shutdown ([`server::run`]).
 //! - [`cli`]: `p11fwd server`, the command line of `p11-kit server`.
 //! - [`daemon`]: fork and socket activation (the only other `unsafe`).
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod daemon;
 mod dispatch;
+pub mod events;
 pub mod list;
 pub mod module;
 pub mod server;

@@ -8,6 +8,9 @@
 //!   out of order. Requests on the same session form a *lane* and run strictly in arrival
 //!   order; session-less requests run concurrently; `C_Initialize`, `C_Finalize` and
 //!   `C_CloseAllSessions` wait for everything in flight and hold back what follows.
+//! - `C_WaitForSlotEvent` is served apart ([`slot_event`], over [`crate::events`]): a blocking
+//!   wait is an async task that holds no thread and no in-flight slot, and the connection's
+//!   `C_Finalize` (CKR_CRYPTOKI_NOT_INITIALIZED) or disconnect ends it.
 //! - When the connection ends (EOF, a malformed frame, shutdown), the handler waits for its
 //!   in-flight requests, then closes every session the peer left open and ends its logins.
 
@@ -17,18 +20,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use p11fwd_wire::consts::CKR_FUNCTION_NOT_SUPPORTED;
+use p11fwd_wire::consts::{
+    CKF_DONT_BLOCK, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_FUNCTION_FAILED, CKR_FUNCTION_NOT_SUPPORTED,
+    CKR_GENERAL_ERROR,
+};
 use p11fwd_wire::frame::{self, Limits};
 use p11fwd_wire::transport::tokio::{FrameReader, accept_version};
-use p11fwd_wire::{CallId, ProtocolError, Reply, Request, Rv};
+use p11fwd_wire::{Arg, CallId, ProtocolError, Reply, Request, Rv};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::dispatch;
-use crate::state::{Conn, Shared};
+use crate::state::{Conn, Shared, lock};
 
 /// Caps and access rules of a server.
 #[derive(Clone, Debug)]
@@ -46,6 +52,11 @@ pub struct Config {
     pub allowed_gids: Vec<u32>,
     /// Exit after this long without connections (`-t`).
     pub idle_timeout: Option<Duration>,
+    /// Blocking `C_WaitForSlotEvent` calls pending at once, all connections together; more
+    /// are answered CKR_FUNCTION_FAILED.
+    pub max_waits: usize,
+    /// Blocking `C_WaitForSlotEvent` calls pending at once on one connection.
+    pub max_waits_per_connection: usize,
 }
 
 impl Default for Config {
@@ -57,6 +68,8 @@ impl Default for Config {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             idle_timeout: None,
+            max_waits: 1024,
+            max_waits_per_connection: 8,
         }
     }
 }
@@ -72,9 +85,13 @@ pub async fn run(
     let (notify_shutdown, _) = broadcast::channel(1);
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel::<()>(1);
     let active = Arc::new(AtomicUsize::new(0));
+    let waits = Arc::new(Semaphore::new(config.max_waits));
+    let modules = shared.modules.clone();
+    let events = shared.events.clone();
     let mut server = Listener {
         listener,
         shared,
+        waits,
         config: Arc::new(config),
         limit_connections: Arc::new(Semaphore::new(1)),
         notify_shutdown,
@@ -104,6 +121,9 @@ pub async fn run(
     drop(notify_shutdown);
     drop(shutdown_complete_tx);
     let _ = shutdown_complete_rx.recv().await;
+    // Every connection is gone: end the module waits of the slot event threads.
+    let _ = tokio::task::spawn_blocking(move || events.shutdown(&modules, Duration::from_secs(2)))
+        .await;
 }
 
 async fn idle_timer(timeout: Option<Duration>, active: Arc<AtomicUsize>) {
@@ -124,6 +144,8 @@ async fn idle_timer(timeout: Option<Duration>, active: Arc<AtomicUsize>) {
 struct Listener {
     listener: UnixListener,
     shared: Arc<Shared>,
+    /// Pending blocking C_WaitForSlotEvent calls, all connections together.
+    waits: Arc<Semaphore>,
     config: Arc<Config>,
     limit_connections: Arc<Semaphore>,
     notify_shutdown: broadcast::Sender<()>,
@@ -143,6 +165,7 @@ impl Listener {
             let stream = self.accept().await?;
             let handler = Handler {
                 shared: self.shared.clone(),
+                waits: self.waits.clone(),
                 config: self.config.clone(),
                 shutdown: Shutdown::new(self.notify_shutdown.subscribe()),
                 _shutdown_complete: self.shutdown_complete_tx.clone(),
@@ -215,6 +238,7 @@ impl Shutdown {
 
 struct Handler {
     shared: Arc<Shared>,
+    waits: Arc<Semaphore>,
     config: Arc<Config>,
     shutdown: Shutdown,
     /// Dropped when the handler is done: the last drop completes the server's shutdown.
@@ -295,6 +319,9 @@ impl Handler {
             }
         });
         let in_flight = Arc::new(Semaphore::new(self.config.max_in_flight as usize));
+        let conn_waits = Arc::new(Semaphore::new(self.config.max_waits_per_connection));
+        // Bumped by C_Finalize and when the connection ends: pending slot waits give up.
+        let (cancel_waits, _) = watch::channel(0u64);
         let mut reader = FrameReader::new(read, self.config.limits);
         let mut lanes: HashMap<u64, oneshot::Receiver<()>> = HashMap::new();
         loop {
@@ -331,6 +358,50 @@ impl Handler {
                     break;
                 }
             };
+            if req.call == CallId::WaitForSlotEvent {
+                let flags = match req.args.first() {
+                    Some(Arg::Ulong(f)) => *f,
+                    _ => 0,
+                };
+                // A blocking wait takes its permits here, in arrival order.
+                let permits = if flags & CKF_DONT_BLOCK == 0 {
+                    match (
+                        conn_waits.clone().try_acquire_owned(),
+                        self.waits.clone().try_acquire_owned(),
+                    ) {
+                        (Ok(mine), Ok(all)) => Some((mine, all)),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                let wait = SlotWait {
+                    shared: self.shared.clone(),
+                    conn: conn.clone(),
+                    flags,
+                    cancel: cancel_waits.subscribe(),
+                    permits,
+                };
+                let (tx, code, body_len, dialect) =
+                    (tx.clone(), frame.code, frame.body.len(), dialect);
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let reply = slot_event(wait).await;
+                    let out_len = send(&tx, code, &reply, dialect, None);
+                    trace_call(
+                        CallId::WaitForSlotEvent,
+                        None,
+                        &reply,
+                        start.elapsed(),
+                        body_len,
+                        out_len,
+                    );
+                });
+                continue;
+            }
+            if req.call == CallId::Finalize {
+                cancel_waits.send_modify(|e| *e = e.wrapping_add(1));
+            }
             let barrier = dispatch::is_barrier(req.call);
             let permits = if barrier {
                 self.config.max_in_flight
@@ -368,7 +439,9 @@ impl Handler {
                 let _ = handle.await;
             }
         }
-        // Wait for everything in flight, then clean up what the peer left open.
+        // End the pending slot waits, wait for everything in flight, then clean up what the peer
+        // left open.
+        cancel_waits.send_modify(|e| *e = e.wrapping_add(1));
         let _ = in_flight.acquire_many(self.config.max_in_flight).await;
         guard.release().await;
         drop(tx);
@@ -414,12 +487,75 @@ impl Task {
             .await
             .unwrap_or_else(|e| {
                 error!(call = %call, cause = %e, "request handler panicked");
-                Reply::Error(Rv(p11fwd_wire::consts::CKR_GENERAL_ERROR))
+                Reply::Error(Rv(CKR_GENERAL_ERROR))
             });
         let out_len = send(&tx, code, &reply, dialect, mech);
         trace_call(call, session, &reply, start.elapsed(), body_len, out_len);
         let _ = done.send(());
         drop(permit);
+    }
+}
+
+/// A `C_WaitForSlotEvent` request and what it needs.
+struct SlotWait {
+    shared: Arc<Shared>,
+    conn: Arc<Mutex<Conn>>,
+    flags: u64,
+    /// Changes when the connection finalises or ends.
+    cancel: watch::Receiver<u64>,
+    /// For a blocking wait: its places among the connection's and all pending waits (`None`
+    /// if either cap was reached).
+    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+/// `C_WaitForSlotEvent`: the connection's virtual slot with an event (see [`crate::events`]).
+async fn slot_event(mut w: SlotWait) -> Reply {
+    let ok = |slot: u64| Reply::Ok {
+        call: CallId::WaitForSlotEvent,
+        args: vec![Arg::Ulong(slot)],
+    };
+    let (id, tokens) = match lock(&w.conn) {
+        Ok(c) if c.initialized => (c.id, c.slots.iter().map(|s| s.token).collect()),
+        Ok(_) => return Reply::Error(Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
+        Err(rv) => return Reply::Error(rv),
+    };
+    let events = w.shared.events.clone();
+    let sub = match events.subscribe(id, tokens) {
+        Ok(s) => s,
+        Err(rv) => return Reply::Error(rv),
+    };
+    if w.flags & CKF_DONT_BLOCK != 0 {
+        // May ask the modules (without blocking): off the reactor.
+        let shared = w.shared.clone();
+        return match tokio::task::spawn_blocking(move || shared.events.poll(&shared.modules, &sub))
+            .await
+        {
+            Ok(Ok(slot)) => ok(slot),
+            Ok(Err(rv)) => Reply::Error(rv),
+            Err(_) => Reply::Error(Rv(CKR_GENERAL_ERROR)),
+        };
+    }
+    let Some(_permits) = w.permits.take() else {
+        warn!(conn = id, "too many pending C_WaitForSlotEvent calls");
+        return Reply::Error(Rv(CKR_FUNCTION_FAILED));
+    };
+    let mut changed = sub.watch();
+    let _registered = match events.begin_wait(&w.shared.modules, &sub) {
+        Ok(g) => g,
+        Err(rv) => return Reply::Error(rv),
+    };
+    loop {
+        match sub.next() {
+            Some(Ok(slot)) => return ok(slot),
+            Some(Err(rv)) => return Reply::Error(rv),
+            None => {}
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() {
+                return Reply::Error(Rv(CKR_GENERAL_ERROR));
+            },
+            _ = w.cancel.changed() => return Reply::Error(Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
+        }
     }
 }
 
@@ -458,7 +594,7 @@ fn send(
         Ok(b) => b,
         Err(e) => {
             error!(cause = %e, "cannot encode a reply");
-            match Reply::Error(Rv(p11fwd_wire::consts::CKR_GENERAL_ERROR)).encode(dialect, None) {
+            match Reply::Error(Rv(CKR_GENERAL_ERROR)).encode(dialect, None) {
                 Ok(b) => b,
                 Err(_) => return 0,
             }

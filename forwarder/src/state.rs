@@ -14,6 +14,7 @@ use p11fwd_wire::{Dialect, Rv};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::events::SlotEvents;
 use crate::module::Module;
 
 /// Virtual slot ids start here, as the stock proxy's do (rpc §7.3).
@@ -96,6 +97,8 @@ pub struct Shared {
     logins: Mutex<HashMap<TokenKey, Arc<Mutex<TokenLogin>>>>,
     /// Session objects (CKA_TOKEN=false): (module, real handle) → (connection, real session).
     pub(crate) session_objects: Mutex<HashMap<(usize, u64), (u64, u64)>>,
+    /// C_WaitForSlotEvent fan-out.
+    pub events: Arc<SlotEvents>,
     next_conn: AtomicU64,
 }
 
@@ -103,6 +106,7 @@ impl Shared {
     /// State for serving `uris` from `modules`.
     pub fn new(modules: Vec<Arc<Module>>, uris: Vec<Pkcs11Uri>) -> Self {
         Self {
+            events: Arc::new(SlotEvents::new(modules.len())),
             modules,
             uris,
             logins: Mutex::new(HashMap::new()),

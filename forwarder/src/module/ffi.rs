@@ -590,6 +590,7 @@ fn version(v: CK_VERSION) -> Version {
 pub(crate) struct Library {
     fl: *const CK_FUNCTION_LIST,
     fl3: *const CK_FUNCTION_LIST_3_0,
+    finalized: std::sync::atomic::AtomicBool,
     // Dropped last: the function lists point into the library.
     _lib: libloading::Library,
 }
@@ -654,7 +655,12 @@ impl Library {
             }
             fl = list;
         }
-        let this = Self { fl, fl3, _lib: lib };
+        let this = Self {
+            fl,
+            fl3,
+            finalized: std::sync::atomic::AtomicBool::new(false),
+            _lib: lib,
+        };
         let reserved = reserved.map(|r| {
             let mut v = r.as_bytes().to_vec();
             v.push(0);
@@ -689,8 +695,15 @@ impl Library {
         unsafe { self.fl3.as_ref() }
     }
 
-    /// `C_Finalize`.
+    /// `C_Finalize`, once (later calls do nothing). Also what makes a thread blocked in
+    /// [`Library::wait_for_slot_event`] return.
     pub(crate) fn finalize(&self) {
+        if self
+            .finalized
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         if let Some(f) = self.list().C_Finalize {
             // SAFETY: pReserved must be NULL.
             let _ = unsafe { f(ptr::null_mut()) };
@@ -939,6 +952,16 @@ impl Library {
         let f = self.list().C_Logout.ok_or_else(not_supported)?;
         // SAFETY: plain integer argument.
         rv(unsafe { f(session as CK_ULONG) })
+    }
+
+    /// `C_WaitForSlotEvent`: the slot with an event. Without `CKF_DONT_BLOCK` this blocks
+    /// until the module has an event or is finalised (then CKR_CRYPTOKI_NOT_INITIALIZED).
+    pub(crate) fn wait_for_slot_event(&self, flags: u64) -> Result<u64, Rv> {
+        let f = self.list().C_WaitForSlotEvent.ok_or_else(not_supported)?;
+        let mut slot: CK_ULONG = 0;
+        // SAFETY: `slot` is a valid out pointer; pReserved must be NULL.
+        rv(unsafe { f(flags as CK_ULONG, &raw mut slot, ptr::null_mut()) })?;
+        Ok(slot as u64)
     }
 
     /// `C_SessionCancel` (3.0).
