@@ -2,20 +2,20 @@
 # p11fwd demo: a throwaway SoftHSM token with an EC P-256 key, served over the p11-kit RPC
 # protocol, and used from the "remote" side.
 #
-#   scripts/demo.sh                     # what works today (DEMO_SERVER=stock)
-#   DEMO_SERVER=p11fwd scripts/demo.sh  # the final demo, once `p11fwd server` and p11fwd.so work
+#   scripts/demo.sh                     # p11fwd server + the p11fwd provider (default)
+#   DEMO_SERVER=stock scripts/demo.sh   # the same token through stock p11-kit server and client
 #
+# p11fwd: `eval $(p11fwd server ...)` serves the token; `p11fwd list` shows it through the socket;
+#         `openssl req -provider p11fwd` signs a CSR with the key; `openssl req -verify` checks it.
 # stock:  `p11-kit server` serves the token; pkcs11-tool lists token and objects through the stock
 #         p11-kit-client.so.
-# p11fwd: `eval $(p11fwd server ...)` serves the token; `openssl req -provider p11fwd` signs a CSR
-#         with the key, and `openssl req -verify` checks it.
 #
 # Everything lives in a temp dir that is removed on exit, together with the server process.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-DEMO_SERVER=${DEMO_SERVER:-stock}
+DEMO_SERVER=${DEMO_SERVER:-p11fwd}
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 P11KIT_CLIENT=${P11KIT_CLIENT:-/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so}
 
@@ -78,7 +78,7 @@ wait_for_socket() {
     return 1
 }
 
-# ===== STOCK SERVER: what works today. Replace by demo_p11fwd once p11fwd is ready. ==============
+# ===== STOCK SERVER: the same token through stock p11-kit, for comparison ======================
 
 start_stock_server() {
     need p11-kit
@@ -123,10 +123,13 @@ demo_p11fwd() {
     need openssl
     make_token
     start_p11fwd_server
+    printf '%s\n' "$USER_PIN" >"$WORK/pin"
     # OpenSSL finds a provider by file name: it must be called p11fwd.so.
     mkdir -p "$WORK/ossl-modules"
     ln -s "$TARGET_DIR/debug/libp11fwd_provider.so" "$WORK/ossl-modules/p11fwd.so"
     export OPENSSL_MODULES=$WORK/ossl-modules
+    step "On the remote side (the socket is what ssh -R would forward): the token and its keys"
+    run "$TARGET_DIR/debug/p11fwd" list --pin-source "$WORK/pin"
     step "On the remote side: a CSR signed by the forwarded key through the p11fwd provider"
     local key="pkcs11:token=$TOKEN_LABEL;object=$KEY_LABEL?pin-value=$USER_PIN"
     run openssl req -new -provider p11fwd -provider default -key "$key" -subj /CN=demo \
