@@ -131,7 +131,7 @@ demo_p11fwd() {
     step "On the remote side (the socket is what ssh -R would forward): the token and its keys"
     run "$TARGET_DIR/debug/p11fwd" list --pin-source "$WORK/pin"
     step "On the remote side: a CSR signed by the forwarded key through the p11fwd provider"
-    local key="pkcs11:token=$TOKEN_LABEL;object=$KEY_LABEL?pin-value=$USER_PIN"
+    local key="pkcs11:token=$TOKEN_LABEL;object=$KEY_LABEL?pin-source=file:$WORK/pin"
     run openssl req -new -provider p11fwd -provider default -key "$key" -subj /CN=demo \
         -out "$WORK/demo.csr"
     run openssl req -verify -noout -in "$WORK/demo.csr"
