@@ -197,21 +197,61 @@ fn bind(args: &ServerArgs, uid: Option<u32>, gid: Option<u32>) -> Result<Socket>
     })
 }
 
-async fn signals() {
+/// SIGTERM or SIGINT. The handlers are installed when this is called (inside the runtime), not
+/// when the future is first polled, so that the caller can announce readiness after it.
+fn signals() -> Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Raise the soft limit on open files towards the hard one, so that `max_connections` clients
+/// (plus the module's own descriptors) fit: a systemd user service starts with a soft limit of
+/// 1024.
+fn raise_fd_limit(config: &Config) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let want = (config.max_connections as u64).saturating_mul(2) + 256;
+    let lim = getrlimit(Resource::Nofile);
+    let Some(current) = lim.current else { return };
+    if current >= want {
+        return;
+    }
+    let target = lim.maximum.map_or(want, |max| want.min(max));
+    if target > current {
+        let new = rustix::process::Rlimit {
+            current: Some(target),
+            maximum: lim.maximum,
+        };
+        match setrlimit(Resource::Nofile, new) {
+            Ok(()) => info!(from = current, to = target, "raised the open file limit"),
+            Err(e) => warn!(cause = %e, "cannot raise the open file limit"),
+        }
+    }
+    if target < want {
+        warn!(
+            limit = target,
+            connections = config.max_connections,
+            "the open file limit may not allow every connection"
+        );
     }
 }
 
-fn serve(listener: StdListener, shared: Arc<Shared>, config: Config) -> Result<()> {
+/// Serve until SIGTERM/SIGINT (or the idle timeout). `ready` runs once the signal handlers are
+/// in place (it prints the snippet or tells the daemon's parent), so that a client that saw the
+/// snippet can always stop the server cleanly.
+fn serve(
+    listener: StdListener,
+    shared: Arc<Shared>,
+    config: Config,
+    ready: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    raise_fd_limit(&config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("p11fwd")
@@ -219,7 +259,9 @@ fn serve(listener: StdListener, shared: Arc<Shared>, config: Config) -> Result<(
     rt.block_on(async move {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        server::run(listener, shared, config, signals()).await;
+        let stop = signals()?;
+        ready()?;
+        server::run(listener, shared, config, stop).await;
         Ok::<_, anyhow::Error>(())
     })?;
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -300,12 +342,14 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
                 return Err(e);
             }
         };
-        if !address.is_empty() {
-            print!("{}", start_snippet(syntax, &address, std::process::id()));
-            std::io::stdout().flush()?;
-        }
         let shared = Arc::new(Shared::new(modules, uris));
-        let r = serve(listener, shared, config);
+        let r = serve(listener, shared, config, || {
+            if !address.is_empty() {
+                print!("{}", start_snippet(syntax, &address, std::process::id()));
+                std::io::stdout().flush()?;
+            }
+            Ok(())
+        });
         remove(&cleanup);
         r?;
         return Ok(ExitCode::SUCCESS);
@@ -352,10 +396,12 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
                 .open("/dev/null")?;
             rustix::stdio::dup2_stdin(&devnull)?;
             rustix::stdio::dup2_stdout(&devnull)?;
-            let _ = ready_w.write_all(b"ok");
-            drop(ready_w);
             let shared = Arc::new(Shared::new(modules, uris));
-            let r = serve(listener, shared, config);
+            let r = serve(listener, shared, config, move || {
+                let _ = ready_w.write_all(b"ok");
+                drop(ready_w);
+                Ok(())
+            });
             remove(&cleanup);
             r?;
             Ok(ExitCode::SUCCESS)

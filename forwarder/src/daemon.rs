@@ -61,5 +61,26 @@ pub fn listen_fd() -> Result<Option<OwnedFd>, String> {
     // SAFETY: systemd passes an open descriptor at LISTEN_FDS_START that nothing else in this
     // process owns; we take ownership of it exactly once.
     let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
+    check_listener(&fd)?;
+    // Like sd_listen_fds(): nothing we might start inherits it.
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| format!("LISTEN_FDS: fd 3: {e}"))?;
     Ok(Some(fd))
+}
+
+/// The descriptor must be a listening Unix stream socket: anything else would only fail later,
+/// at the first accept.
+fn check_listener(fd: &OwnedFd) -> Result<(), String> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let what = |e: rustix::io::Errno| format!("LISTEN_FDS: fd 3 is not a socket ({e})");
+    let domain = sockopt::socket_domain(fd).map_err(what)?;
+    let ty = sockopt::socket_type(fd).map_err(what)?;
+    let listening = sockopt::socket_acceptconn(fd).map_err(what)?;
+    if domain != AddressFamily::UNIX || ty != SocketType::STREAM || !listening {
+        return Err(format!(
+            "LISTEN_FDS: fd 3 must be a listening Unix stream socket (family {domain:?}, type \
+             {ty:?}, listening {listening})"
+        ));
+    }
+    Ok(())
 }

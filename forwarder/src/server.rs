@@ -567,8 +567,17 @@ fn trace_call(
     in_len: usize,
     out_len: usize,
 ) {
+    // The CK_RV the client sees: an ERROR frame's, or the one embedded in C_GetAttributeValue
+    // (SENSITIVE, TYPE_INVALID, BUFFER_TOO_SMALL) and C_DeriveKey2 replies.
     let rv = match reply {
-        Reply::Ok { .. } => "CKR_OK".to_owned(),
+        Reply::Ok { call, args } => {
+            let embedded = match (call, args.as_slice()) {
+                (CallId::GetAttributeValue, [_, Arg::Ulong(rv)])
+                | (CallId::DeriveKey2, [Arg::Ulong(rv), ..]) => *rv,
+                _ => p11fwd_wire::consts::CKR_OK,
+            };
+            format!("{:?}", Rv(embedded))
+        }
         Reply::Error(rv) => format!("{rv:?}"),
     };
     debug!(

@@ -76,3 +76,214 @@ fn refuses_client_modules() {
     ]));
     assert!(out.stderr.contains("refusing to load"), "{}", out.stderr);
 }
+
+/// Pulls `NAME=value` / `setenv NAME value` out of a start snippet.
+fn snippet_value(snippet: &str, name: &str) -> String {
+    for part in snippet.split([';', '\n']).map(str::trim) {
+        if let Some(v) = part.strip_prefix(&format!("{name}=")) {
+            return v.to_owned();
+        }
+        if let Some(v) = part.strip_prefix(&format!("setenv {name} ")) {
+            return v.trim().to_owned();
+        }
+    }
+    panic!("no {name} in {snippet:?}");
+}
+
+#[test]
+fn csh_snippet_and_default_socket_in_xdg_runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let runtime = tempfile::tempdir().unwrap();
+    let out = run_ok(
+        Command::new(common::bin())
+            .envs(token.env())
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .args(["server", "-c", "--provider"])
+            .arg(token.module_path())
+            .arg(token.uri()),
+    );
+    assert!(
+        out.stdout.starts_with("setenv P11_KIT_SERVER_ADDRESS "),
+        "{}",
+        out.stdout
+    );
+    let pid = snippet_value(&out.stdout, "P11_KIT_SERVER_PID");
+    let address = snippet_value(&out.stdout, "P11_KIT_SERVER_ADDRESS");
+    let dir = runtime.path().join("p11-kit");
+    // Like stock (rpc §7.1), the name has the pre-fork PID and the snippet the daemon's.
+    let sockets: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sockets.len(), 1, "{sockets:?}");
+    let socket = sockets[0].clone();
+    let name = socket.file_name().unwrap().to_string_lossy().into_owned();
+    let before_fork: u32 = name.strip_prefix("pkcs11-").unwrap().parse().unwrap();
+    assert_ne!(before_fork.to_string(), pid);
+    assert_eq!(
+        address,
+        format!(
+            "unix:path={}",
+            p11fwd_tests::percent_encode(&socket.to_string_lossy())
+        )
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&socket), 0o600);
+    let l = P11Env::new(&address).run_ok(Command::new(require_tool("pkcs11-tool")).args([
+        "--module",
+        P11KIT_CLIENT_MODULE,
+        "-L",
+    ]));
+    assert!(l.stdout.contains(token.label()), "{}", l.stdout);
+    let k = run_ok(
+        Command::new(common::bin())
+            .args(["server", "-k", "-c"])
+            .env("P11_KIT_SERVER_PID", &pid),
+    );
+    assert_eq!(
+        k.stdout,
+        "unsetenv P11_KIT_SERVER_ADDRESS;\nunsetenv P11_KIT_SERVER_PID;\n"
+    );
+    wait_gone(&socket);
+    wait_gone(&dir);
+}
+
+#[track_caller]
+fn wait_gone(path: &std::path::Path) {
+    for _ in 0..300 {
+        if !path.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} not removed", path.display());
+}
+
+#[test]
+fn sigint_removes_the_socket_and_t_exits_when_idle() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let mut fwd = common::start(&token);
+    let socket = fwd.socket_path().to_owned();
+    fwd.signal(rustix::process::Signal::INT);
+    let status = fwd.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        fwd.log()
+    );
+    assert!(!socket.exists());
+
+    // -t 1: a connection keeps it alive; a second after the last one leaves, it exits.
+    let start = std::time::Instant::now();
+    let mut fwd = common::builder(&token).args(["-t", "1"]).start();
+    let c = common::connect(fwd.socket_path(), 2);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(fwd.alive(), "exited with a connection open");
+    assert_eq!(c.slots(true).unwrap(), [0x11]);
+    drop(c);
+    let status = fwd.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        fwd.log()
+    );
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    assert!(!fwd.socket_path().exists());
+}
+
+/// `p11fwd server` under a shell that moves the listening socket (given as stdin) to fd 3 and
+/// sets `LISTEN_PID` to its own pid before exec'ing the server, as systemd does.
+fn socket_activated(
+    token: &TestToken,
+    listener: std::os::unix::net::UnixListener,
+    listen_fds: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    let fd = std::os::fd::OwnedFd::from(listener);
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS={listen_fds} exec \"$0\" \"$@\""
+        ))
+        .arg(common::bin())
+        .envs(token.env())
+        .env("P11FWD_LOG", "info")
+        .args(["server", "-f", "--provider"])
+        .arg(token.module_path())
+        .args(extra)
+        .arg(token.uri())
+        .stdin(std::process::Stdio::from(fd))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn systemd_socket_activation_uses_the_passed_socket() {
+    use std::os::unix::fs::MetadataExt;
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let name = path.to_string_lossy().into_owned();
+    let child = socket_activated(&token, listener, "1", &["-n", &name]);
+    let address = format!("unix:path={}", p11fwd_tests::percent_encode(&name));
+    let mut listed = None;
+    for _ in 0..100 {
+        let l = P11Env::new(&address).run(Command::new(require_tool("pkcs11-tool")).args([
+            "--module",
+            P11KIT_CLIENT_MODULE,
+            "-L",
+        ]));
+        if l.stdout.contains(token.label()) {
+            listed = Some(l);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(listed.is_some(), "the activated server never answered");
+    // The server used our socket: same file, not rebound.
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // -n only names the address in the snippet, and the socket belongs to systemd: kept.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&address), "{stdout}");
+    assert!(path.exists(), "the activated socket was removed");
+
+    // Anything but exactly one listening socket is refused.
+    let other = dir.path().join("other.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&other).unwrap();
+    let out = socket_activated(&token, listener, "2", &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exactly one socket"),
+        "{out:?}"
+    );
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::OwnedFd::from(a);
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(common::bin())
+        .envs(token.env())
+        .args(["server", "-f", "--provider"])
+        .arg(token.module_path())
+        .arg(token.uri())
+        .stdin(std::process::Stdio::from(fd))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listening Unix stream socket"),
+        "{out:?}"
+    );
+}

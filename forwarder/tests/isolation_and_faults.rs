@@ -283,9 +283,15 @@ fn garbage_closes_only_that_connection() {
         s.write_all(&junk).unwrap();
         assert_closed(&mut s);
     }
-    // The server and the other connection are fine.
+    // The server and the other connection are fine, and the log says why each one was closed.
     assert!(good.get_session_info(sg).is_ok());
     assert_eq!(good.slots(true).unwrap(), vec![0x11]);
+    let log = fwd.stderr();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("closing the connection"))
+        .count();
+    assert_eq!(warnings, 4, "{log}");
 }
 
 #[test]

@@ -130,7 +130,8 @@ impl ForwarderServerBuilder {
         self
     }
 
-    /// Starts the server and waits (≤ 10 s) until its socket accepts connections.
+    /// Starts the server and waits (≤ 10 s) until it has printed its snippet (after which it
+    /// handles SIGTERM/SIGINT) and its socket accepts connections.
     ///
     /// # Panics
     /// If the binary has not been built, or the server exits or is not up in time (with its log).
@@ -232,7 +233,11 @@ impl ForwarderServer {
                     self.log()
                 );
             }
-            if UnixStream::connect(&self.socket).is_ok() {
+            // Ready = the snippet is out (p11fwd prints it once its signal handlers are in
+            // place, so a SIGTERM from then on removes the socket) and the socket accepts.
+            if self.stdout().contains("P11_KIT_SERVER_PID")
+                && UnixStream::connect(&self.socket).is_ok()
+            {
                 return;
             }
             assert!(
