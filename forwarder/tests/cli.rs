@@ -287,3 +287,51 @@ fn systemd_socket_activation_uses_the_passed_socket() {
         "{out:?}"
     );
 }
+
+#[test]
+fn registered_modules_without_provider_but_never_client_modules() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    // The system registers softhsm2 (and opensc, p11-kit-trust); the user config adds the stock
+    // client under its own name and under another one, and a copy with a neutral file name.
+    let config = tempfile::tempdir().unwrap();
+    let modules = config.path().join("pkcs11/modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    let copy = config.path().join("libneutral.so");
+    std::fs::copy(P11KIT_CLIENT_MODULE, &copy).unwrap();
+    std::fs::write(
+        modules.join("aa-client.module"),
+        format!("module: {P11KIT_CLIENT_MODULE}\npriority: 100\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        modules.join("ab-disguised.module"),
+        format!("module: {}\npriority: 100\n", copy.display()),
+    )
+    .unwrap();
+    let fwd = common::builder(&token)
+        .provider("")
+        .env("XDG_CONFIG_HOME", config.path())
+        .start();
+    assert!(
+        !fwd.command_line().contains("--provider"),
+        "{}",
+        fwd.command_line()
+    );
+    let l = fwd
+        .p11env()
+        .run_ok(Command::new(require_tool("pkcs11-tool")).args([
+            "--module",
+            P11KIT_CLIENT_MODULE,
+            "-L",
+        ]));
+    assert!(l.stdout.contains(token.label()), "{}", l.stdout);
+    let log = fwd.stderr();
+    for name in ["aa-client", "ab-disguised"] {
+        assert!(
+            log.lines().any(|l| l.contains("skipping module")
+                && l.contains(name)
+                && l.contains("refusing")),
+            "{name} not refused:\n{log}"
+        );
+    }
+}

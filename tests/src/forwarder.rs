@@ -110,7 +110,8 @@ impl ForwarderServerBuilder {
         self
     }
 
-    /// The `--provider` module (default: the token's SoftHSM module).
+    /// The `--provider` module (default: the token's SoftHSM module); an empty path leaves
+    /// `--provider` out, so the server loads p11-kit's registered modules.
     pub fn provider(mut self, module: impl AsRef<Path>) -> Self {
         self.provider = module.as_ref().to_owned();
         self
@@ -150,12 +151,11 @@ impl ForwarderServerBuilder {
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("server")
-            .arg("-f")
-            .arg("--provider")
-            .arg(&self.provider)
-            .arg("-n")
-            .arg(&socket)
-            .args(&self.args);
+            .arg("-f");
+        if !self.provider.as_os_str().is_empty() {
+            cmd.arg("--provider").arg(&self.provider);
+        }
+        cmd.arg("-n").arg(&socket).args(&self.args);
         if self.uris.is_empty() {
             cmd.arg(&self.default_uri);
         } else {
