@@ -9,6 +9,7 @@
 //! - [`shell`]: the `sh`/`csh` snippets that `p11fwd server` prints, identical to
 //!   `p11-kit server`.
 //! - [`templates`]: systemd user units and the p11-kit module registration file.
+//! - [`uripem`]: pkcs11-provider's URI-PEM key files (`-----BEGIN PKCS#11 PROVIDER URI-----`).
 //!
 //! Every function is pure over its inputs where that is possible: the environment is injected
 //! through [`discovery::Environment`], so tests never touch the process environment. No input
@@ -24,6 +25,7 @@ pub mod pin;
 pub mod shell;
 pub mod templates;
 pub mod uri;
+pub mod uripem;
 
 mod error;
 mod percent;
