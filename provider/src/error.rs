@@ -65,6 +65,10 @@ reasons! {
     Token = 11 => c"token error",
     /// The operation or parameter is not supported by p11fwd or the token.
     Unsupported = 12 => c"operation not supported",
+    /// A decryption failed (bad padding, wrong key), reported without saying why.
+    DecryptionFailed = 13 => c"decryption failed",
+    /// Key generation on the token failed or was refused.
+    KeyGeneration = 14 => c"key generation failed",
 }
 
 /// Every failure of the provider.
@@ -151,6 +155,12 @@ pub(crate) enum Error {
     /// Not supported.
     #[error("{0} is not supported")]
     Unsupported(&'static str),
+    /// A decryption failed; one message for every cause (no padding oracle).
+    #[error("{0}")]
+    Decrypt(&'static str),
+    /// Key generation was refused or failed.
+    #[error("key generation: {0}")]
+    KeyGen(String),
     /// A panic caught at the C boundary.
     #[error("panic: {0}")]
     Panic(String),
@@ -174,6 +184,8 @@ impl Error {
             Self::Protocol(_) => Reason::Protocol,
             Self::Token { .. } => Reason::Token,
             Self::Unsupported(_) => Reason::Unsupported,
+            Self::Decrypt(_) => Reason::DecryptionFailed,
+            Self::KeyGen(_) => Reason::KeyGeneration,
             Self::Panic(_) | Self::Internal(_) => Reason::Internal,
         }
     }
@@ -195,7 +207,11 @@ impl Error {
     pub(crate) fn is_routine(&self) -> bool {
         matches!(
             self,
-            Self::NoMatch(_) | Self::PinIncorrect | Self::PinRequired(_) | Self::Unsupported(_)
+            Self::NoMatch(_)
+                | Self::PinIncorrect
+                | Self::PinRequired(_)
+                | Self::Unsupported(_)
+                | Self::Decrypt(_)
         )
     }
 }

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use p11fwd_conf::uri::{ObjectClass, ObjectView, Pkcs11Uri, TokenView};
-use p11fwd_wire::Attribute;
+use p11fwd_wire::client::{OutCap, parse, req};
 use p11fwd_wire::consts::*;
+use p11fwd_wire::{Attribute, CallId, Mechanism};
 use zeroize::Zeroizing;
 
 use crate::backend::{Auth, Link, ObjectAttrs, Token};
@@ -32,6 +33,16 @@ pub(crate) enum Curve {
 }
 
 impl Curve {
+    /// From an OpenSSL group name (any of its aliases).
+    pub(crate) fn from_group_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "prime256v1" | "p-256" | "secp256r1" => Some(Self::P256),
+            "secp384r1" | "p-384" => Some(Self::P384),
+            "secp521r1" | "p-521" => Some(Self::P521),
+            _ => None,
+        }
+    }
+
     fn from_oid(o: &[u8]) -> Option<Self> {
         [Self::P256, Self::P384, Self::P521]
             .into_iter()
@@ -381,6 +392,30 @@ impl Key {
         })
     }
 
+    /// A public key that is not on the token (imported from another provider: the peer key of
+    /// ECDH, a key from a file that OpenSSL hands to p11fwd for verification).
+    pub(crate) fn detached(provctx: Arc<ProvCtx>, kind: KeyKind, public: PublicMaterial) -> Self {
+        Self {
+            provctx,
+            kind,
+            public,
+            private: None,
+            public_object: None,
+            token_identity: String::new(),
+            token_label: String::new(),
+            always_authenticate: false,
+            allowed_mechanisms: None,
+            mechanisms: Vec::new(),
+            uri: String::new(),
+            auth_pin: Mutex::new(None),
+        }
+    }
+
+    /// Whether this key lives on a token (has a URI), as opposed to an imported public key.
+    pub(crate) fn is_on_token(&self) -> bool {
+        !self.uri.is_empty()
+    }
+
     /// A public-only copy (for `OSSL_STORE_INFO_PUBKEY` requests on a private key).
     pub(crate) fn public_only(&self) -> Self {
         Self {
@@ -581,6 +616,188 @@ impl Key {
         drop(session);
         Ok((link, token, handle))
     }
+}
+
+/// Where a one-round-trip token operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Before anything reached the token (connection, login, finding the key again).
+    Setup,
+    /// `C_*Init`: the mechanism or its parameters (independent of the input data).
+    Init,
+    /// The context-specific login of a CKA_ALWAYS_AUTHENTICATE key.
+    Login,
+    /// The operation itself (`C_Sign`, `C_Decrypt`): may depend on the input data.
+    Operation,
+}
+
+/// A failed token operation: the stage, the error, and the token's CK_RV when there is one.
+#[derive(Debug)]
+pub(crate) struct OpError {
+    pub(crate) stage: Stage,
+    pub(crate) rv: Option<u64>,
+    pub(crate) error: Error,
+}
+
+impl From<OpError> for Error {
+    fn from(e: OpError) -> Self {
+        e.error
+    }
+}
+
+impl OpError {
+    fn setup(error: Error) -> Self {
+        Self {
+            stage: Stage::Setup,
+            rv: None,
+            error,
+        }
+    }
+
+    fn wire(stage: Stage, e: p11fwd_wire::Error) -> Self {
+        let rv = match &e {
+            p11fwd_wire::Error::Rv { rv, .. } => Some(rv.0),
+            _ => None,
+        };
+        let error = match rv {
+            Some(CKR_PIN_INCORRECT) if stage == Stage::Login => Error::PinIncorrect,
+            _ => e.into(),
+        };
+        Self { stage, rv, error }
+    }
+}
+
+impl Key {
+    /// `[init, (Login CONTEXT_SPECIFIC), op]` with the private key in one round trip
+    /// (`C_SignInit` + `C_Sign`, `C_DecryptInit` + `C_Decrypt`), the output buffer `cap` bytes.
+    pub(crate) fn token_op(
+        &self,
+        init: CallId,
+        op: CallId,
+        mech: Mechanism,
+        input: &[u8],
+        cap: u64,
+    ) -> Result<Vec<u8>, OpError> {
+        self.token_ops(&[OpStep {
+            init,
+            op,
+            mech,
+            input,
+            cap,
+        }])
+        .pop()
+        .unwrap_or_else(|| Err(OpError::setup(Error::Internal("no reply"))))
+    }
+
+    /// Several `[init, (login), op]` steps with the private key, all in one round trip; one
+    /// result per step.
+    pub(crate) fn token_ops(&self, steps: &[OpStep<'_>]) -> Vec<Result<Vec<u8>, OpError>> {
+        let fail_all = |e: Error| {
+            let msg = e.to_string();
+            let mut out = vec![Err(OpError::setup(e))];
+            for _ in 1..steps.len() {
+                out.push(Err(OpError::setup(Error::Connection(msg.clone()))));
+            }
+            out
+        };
+        let Some(object) = self.private.as_ref() else {
+            return fail_all(Error::Unsupported("this operation with a public key"));
+        };
+        let (link, token, handle) = match self.resolve(object) {
+            Ok(r) => r,
+            Err(e) => return fail_all(e),
+        };
+        let mut session = match token.session(&link) {
+            Ok(s) => s,
+            Err(e) => return fail_all(e),
+        };
+        let s = session.handle;
+        let d = link.client.dialect();
+        let context_login = self.always_authenticate;
+        let pin = if context_login {
+            let pin = self
+                .auth_pin
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            match pin {
+                Some(p) => Some(p),
+                None if token.protected_path() => None,
+                None => match crate::ffi::ui::prompt(&token.label()) {
+                    Some(p) => Some(p),
+                    None => return fail_all(Error::PinRequired(token.label())),
+                },
+            }
+        } else {
+            None
+        };
+        let mut batch = Vec::with_capacity(steps.len() * 3);
+        for step in steps {
+            batch.push(req::init_with_key(
+                step.init,
+                s,
+                Some(step.mech.clone()),
+                handle,
+            ));
+            if context_login {
+                batch.push(req::login(
+                    s,
+                    CKU_CONTEXT_SPECIFIC,
+                    pin.as_ref().map(|p| p.as_bytes()),
+                ));
+            }
+            batch.push(req::data_in_out(
+                d,
+                step.op,
+                s,
+                step.input,
+                OutCap::Buffer(step.cap),
+            ));
+        }
+        drop(pin);
+        let mut replies = link.batch(&batch).into_iter();
+        let closed = || Err(p11fwd_wire::Error::Closed);
+        let mut results = Vec::with_capacity(steps.len());
+        for step in steps {
+            let init_reply = replies.next().unwrap_or_else(closed);
+            let login = if context_login {
+                Some(replies.next().unwrap_or_else(closed))
+            } else {
+                None
+            };
+            let op_reply = replies.next().unwrap_or_else(closed);
+            if let Err(e) = init_reply {
+                results.push(Err(OpError::wire(Stage::Init, e)));
+                continue;
+            }
+            if let Some(Err(e)) = login {
+                // The operation is still active on the session: do not reuse it.
+                session.discard();
+                results.push(Err(OpError::wire(Stage::Login, e)));
+                continue;
+            }
+            let out = op_reply
+                .and_then(parse::output)
+                .and_then(|o| o.into_data(step.op))
+                .map_err(|e| OpError::wire(Stage::Operation, e));
+            if matches!(&out, Err(e) if e.rv == Some(CKR_BUFFER_TOO_SMALL)) {
+                // The token keeps the operation active after a short buffer.
+                session.discard();
+            }
+            results.push(out);
+        }
+        results
+    }
+}
+
+/// One `[init, op]` of [`Key::token_ops`].
+#[derive(Debug)]
+pub(crate) struct OpStep<'a> {
+    pub(crate) init: CallId,
+    pub(crate) op: CallId,
+    pub(crate) mech: Mechanism,
+    pub(crate) input: &'a [u8],
+    pub(crate) cap: u64,
 }
 
 fn strip(b: &[u8]) -> Vec<u8> {

@@ -32,10 +32,13 @@ mod provider;
 mod trace;
 
 mod backend;
+mod cipher;
 mod der;
 mod encoder;
+mod exchange;
 mod hash;
 mod key;
+mod rsa_pad;
 mod signature;
 mod store;
 

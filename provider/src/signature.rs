@@ -9,18 +9,20 @@
 //! CKM_ECDSA_SHA256, ...) when the token and the key's CKA_ALLOWED_MECHANISMS allow it, and
 //! otherwise signs the local digest with the raw mechanism (DigestInfo built here for PKCS#1).
 
+use std::ffi::{CStr, CString};
 use std::sync::Arc;
 
-use p11fwd_wire::client::{OutCap, parse, req};
 use p11fwd_wire::consts::*;
 use p11fwd_wire::{CallId, MechParam, Mechanism};
 
 use crate::der::{self, oid};
 use crate::error::Error;
 use crate::ffi::cast::{Castable, OwnershipBox};
+use crate::ffi::params::ParamBuilder;
 use crate::hash::{Hash, Hasher};
 use crate::key::{Key, KeyKind};
 use crate::provider::ProvCtx;
+use crate::sys;
 
 /// Data kept for a token-side hashed mechanism; beyond this, the local digest is signed.
 const MAX_BUFFERED: usize = 1 << 20;
@@ -61,7 +63,7 @@ impl Padding {
         }
     }
 
-    pub(crate) fn name(self) -> &'static std::ffi::CStr {
+    pub(crate) fn name(self) -> &'static CStr {
         match self {
             Self::Pkcs1 => c"pkcs1",
             Self::None => c"none",
@@ -178,8 +180,26 @@ impl SigCtx {
             .ok_or(Error::Internal("signature ctx without a key"))
     }
 
-    /// `sign_init` / `verify_init` (and the digest variants with `md`).
+    /// `sign_init` (and `digest_sign_init` with `md`).
     pub(crate) fn init(&mut self, key: Option<Arc<Key>>, md: Option<&str>) -> Result<(), Error> {
+        self.init_for(key, md, false)
+    }
+
+    /// `verify_init` (and `digest_verify_init` with `md`): any key with a public part.
+    pub(crate) fn init_verify(
+        &mut self,
+        key: Option<Arc<Key>>,
+        md: Option<&str>,
+    ) -> Result<(), Error> {
+        self.init_for(key, md, true)
+    }
+
+    fn init_for(
+        &mut self,
+        key: Option<Arc<Key>>,
+        md: Option<&str>,
+        verify: bool,
+    ) -> Result<(), Error> {
         if let Some(key) = key {
             let fits = matches!(
                 (self.algorithm, key.kind),
@@ -193,7 +213,7 @@ impl SigCtx {
                     "this key type with this signature algorithm",
                 ));
             }
-            if !key.has_private() {
+            if !verify && !key.has_private() {
                 return Err(Error::Unsupported("signing with a public key"));
             }
             self.padding = if key.kind == KeyKind::RsaPss {
@@ -438,70 +458,88 @@ impl SigCtx {
 
     /// `[SignInit, (Login CONTEXT_SPECIFIC), Sign]` in one round trip.
     fn token_sign(&self, key: &Key, mech: Mechanism, input: &[u8]) -> Result<Vec<u8>, Error> {
-        let object = key
-            .private
-            .as_ref()
-            .ok_or(Error::Unsupported("signing with a public key"))?;
-        let (link, token, handle) = key.resolve(object)?;
-        let mut session = token.session(&link)?;
-        let s = session.handle;
-        let cap = OutCap::Buffer(key.raw_signature_len() as u64);
-        let d = link.client.dialect();
-        let mut batch = vec![req::init_with_key(
-            CallId::SignInit,
-            s,
-            Some(mech.clone()),
-            handle,
-        )];
-        let context_login = key.always_authenticate;
-        let pin = if context_login {
-            let pin = key
-                .auth_pin
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            let pin = match pin {
-                Some(p) => Some(p),
-                None if token.protected_path() => None,
-                None => Some(
-                    crate::ffi::ui::prompt(&token.label())
-                        .ok_or(Error::PinRequired(token.label()))?,
-                ),
-            };
-            batch.push(req::login(
-                s,
-                CKU_CONTEXT_SPECIFIC,
-                pin.as_ref().map(|p| p.as_bytes()),
-            ));
-            pin
-        } else {
-            None
-        };
-        drop(pin);
-        batch.push(req::data_in_out(d, CallId::Sign, s, input, cap));
         tracing::debug!(mechanism = mech.ty, input = input.len(), "sign");
-        let mut replies = link.batch(&batch).into_iter();
-        let init = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
-        let login = if context_login {
-            replies.next().map(|r| r.map(|_| ()))
-        } else {
-            None
-        };
-        let sign = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
-        if let Err(e) = init {
-            return Err(e.into());
+        let cap = key.raw_signature_len() as u64;
+        Ok(key.token_op(CallId::SignInit, CallId::Sign, mech, input, cap)?)
+    }
+
+    /// The signature parameters for OpenSSL's own verification of a digest.
+    fn verify_params(&self, md: Option<Hash>) -> Result<Vec<(&'static CStr, CString)>, Error> {
+        let cs = |v: &str| CString::new(v).map_err(|_| Error::Internal("parameter text"));
+        let mut p = Vec::new();
+        if let Some(md) = md {
+            p.push((sys::OSSL_SIGNATURE_PARAM_DIGEST, cs(md.name())?));
         }
-        if let Some(Err(e)) = login {
-            session.discard();
-            return Err(match &e {
-                p11fwd_wire::Error::Rv { rv, .. } if rv.0 == CKR_PIN_INCORRECT => {
-                    Error::PinIncorrect
+        if self.algorithm == Algorithm::Rsa {
+            p.push((
+                sys::OSSL_SIGNATURE_PARAM_PAD_MODE,
+                self.padding.name().to_owned(),
+            ));
+            if self.padding == Padding::Pss {
+                p.push((
+                    sys::OSSL_SIGNATURE_PARAM_PSS_SALTLEN,
+                    cs(&self.saltlen.name())?,
+                ));
+                if let Some(mgf1) = self.mgf1.or(md) {
+                    p.push((sys::OSSL_SIGNATURE_PARAM_MGF1_DIGEST, cs(mgf1.name())?));
                 }
-                _ => e.into(),
-            });
+            }
         }
-        let out = parse::output(sign?)?;
-        Ok(out.into_data(CallId::Sign)?)
+        Ok(p)
+    }
+
+    /// Verifies `sig` over the digest `tbs`, in software with the key's public part.
+    fn verify_digest(&self, md: Option<Hash>, tbs: &[u8], sig: &[u8]) -> Result<bool, Error> {
+        let key = self.key()?;
+        let der;
+        let sig = if self.algorithm == Algorithm::Ecdsa && self.ecdsa_raw {
+            der = der::ecdsa_der_from_raw(sig);
+            &der[..]
+        } else {
+            sig
+        };
+        let params = self.verify_params(md)?;
+        let mut b = ParamBuilder::new();
+        for (k, v) in &params {
+            b = b.utf8(k, v);
+        }
+        crate::ffi::soft::verify_digest(&key.spki(), &b.build(), tbs, sig)
+    }
+
+    /// `verify`: `tbs` is a digest (RSA/ECDSA) or the message (EdDSA).
+    pub(crate) fn verify(&mut self, sig: &[u8], tbs: &[u8]) -> Result<bool, Error> {
+        let key = Arc::clone(self.key()?);
+        if matches!(self.algorithm, Algorithm::Ed25519 | Algorithm::Ed448) {
+            return crate::ffi::soft::verify_message(&key.spki(), None, tbs, sig);
+        }
+        self.verify_digest(self.md, tbs, sig)
+    }
+
+    /// `digest_verify_final`: verifies what `update` collected.
+    pub(crate) fn verify_final(&mut self, sig: &[u8]) -> Result<bool, Error> {
+        let key = Arc::clone(self.key()?);
+        if matches!(self.algorithm, Algorithm::Ed25519 | Algorithm::Ed448) {
+            let data = std::mem::take(&mut self.data);
+            return crate::ffi::soft::verify_message(&key.spki(), None, &data, sig);
+        }
+        let md = self.md.ok_or(Error::Internal("no digest"))?;
+        let hasher = self
+            .hasher
+            .replace(md.hasher())
+            .ok_or(Error::Internal("digest final without digest init"))?;
+        self.data.clear();
+        self.overflow = false;
+        self.verify_digest(Some(md), &hasher.finish(), sig)
+    }
+
+    /// `digest_verify`: one shot.
+    pub(crate) fn digest_verify(&mut self, sig: &[u8], data: &[u8]) -> Result<bool, Error> {
+        let key = Arc::clone(self.key()?);
+        if matches!(self.algorithm, Algorithm::Ed25519 | Algorithm::Ed448) {
+            return crate::ffi::soft::verify_message(&key.spki(), None, data, sig);
+        }
+        let md = self.md.unwrap_or(Hash::Sha256);
+        self.verify_digest(Some(md), &md.digest(data), sig)
     }
 
     /// `OSSL_SIGNATURE_PARAM_ALGORITHM_ID`: the AlgorithmIdentifier for X.509 and CMS.

@@ -7,7 +7,7 @@
 use core::ffi::c_int;
 
 use crate::ffi::dispatch::{AlgorithmTable, algorithm, algorithm_table};
-use crate::ffi::{digest, encoder, keymgmt, signature, store};
+use crate::ffi::{asym_cipher, digest, encoder, exchange, keymgmt, signature, store};
 use crate::provider::PROPERTIES;
 use crate::sys;
 
@@ -160,10 +160,34 @@ static ENCODER: AlgorithmTable = encoders![
     c"X448:1.3.101.111" / c"p11fwd X448 public key",
 ];
 
-/// `OSSL_OP_ASYM_CIPHER` (issue 6).
-static ASYM_CIPHER: AlgorithmTable = algorithm_table![];
-/// `OSSL_OP_KEYEXCH` (issue 6).
-static KEYEXCH: AlgorithmTable = algorithm_table![];
+/// `OSSL_OP_ASYM_CIPHER`: RSA decryption on the token (encryption in software).
+static ASYM_CIPHER: AlgorithmTable = algorithm_table![algorithm(
+    c"RSA:rsaEncryption:1.2.840.113549.1.1.1",
+    PROPERTIES,
+    &asym_cipher::RSA_FUNCTIONS,
+    c"p11fwd RSA decryption on the token"
+)];
+/// `OSSL_OP_KEYEXCH`: ECDH (`CKM_ECDH1_DERIVE`) with token keys.
+static KEYEXCH: AlgorithmTable = algorithm_table![
+    algorithm(
+        c"ECDH",
+        PROPERTIES,
+        &exchange::FUNCTIONS,
+        c"p11fwd ECDH on the token"
+    ),
+    algorithm(
+        c"X25519:1.3.101.110",
+        PROPERTIES,
+        &exchange::FUNCTIONS,
+        c"p11fwd X25519 on the token"
+    ),
+    algorithm(
+        c"X448:1.3.101.111",
+        PROPERTIES,
+        &exchange::FUNCTIONS,
+        c"p11fwd X448 on the token"
+    ),
+];
 /// `OSSL_OP_DECODER` (issue 6: URI-PEM files).
 static DECODER: AlgorithmTable = algorithm_table![];
 

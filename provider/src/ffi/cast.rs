@@ -97,6 +97,28 @@ pub(crate) trait ArcCastable: Castable<Ownership = OwnershipArc> {
         (!ptr.is_null()).then(|| unsafe { Arc::from_raw(ptr.cast_const().cast::<Self>()) })
     }
 
+    /// The object behind C's only reference, mutably: for a keydata that `new` just made and
+    /// `import` fills in before anyone else sees it. Fails if the object is shared.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is NULL or a live reference made by [`ArcCastable::arc_into_raw`] of `Self`, and
+    /// C does not use the object from another thread for `'a`.
+    unsafe fn unique_mut<'a>(ptr: *mut c_void) -> Result<&'a mut Self, Error> {
+        if ptr.is_null() {
+            return Err(Error::NullPointer(Self::WHAT));
+        }
+        // SAFETY: per the contract, a live strong reference; `ManuallyDrop` leaves it to C.
+        let mut arc =
+            core::mem::ManuallyDrop::new(unsafe { Arc::from_raw(ptr.cast_const().cast::<Self>()) });
+        let unique: *mut Self = Arc::get_mut(&mut arc).ok_or(Error::Internal(
+            "the object is shared and cannot be changed",
+        ))?;
+        // SAFETY: `get_mut` proved this is the only reference; the allocation lives as long as
+        // C's reference, which C keeps for 'a.
+        Ok(unsafe { &mut *unique })
+    }
+
     /// A new strong reference for Rust, while C keeps its own (e.g. keydata holding provctx).
     ///
     /// # Safety

@@ -6,24 +6,29 @@
 //! onto the token.
 
 use core::ffi::{c_char, c_int, c_void};
+use std::sync::Arc;
 
 use crate::error::Error;
 use crate::ffi::boundary::entry;
 use crate::ffi::cast::{ArcCastable, Castable, bytes};
 use crate::ffi::dispatch::{DispatchTable, dispatch_table};
-use crate::ffi::params::{ParamBuilder, ParamTable, ParamsMut, param_table};
-use crate::key::{Key, KeyKind, PublicMaterial, registry};
+use crate::ffi::params::{ParamBuilder, ParamTable, Params, ParamsMut, param_table};
+use crate::key::{Curve, Key, KeyKind, PublicMaterial, registry};
+use crate::provider::ProvCtx;
 use crate::sys::{self, OSSL_CALLBACK, OSSL_PARAM};
 
 macro_rules! keymgmt_table {
-    ($name:ident, $query:ident, $gettable:ident, $export_types:ident) => {
+    ($name:ident, $query:ident, $gettable:ident, $export_types:ident, $new:ident, $import:ident) => {
         pub(crate) static $name: DispatchTable = dispatch_table![
+            keymgmt_new => $new,
             keymgmt_free => p11fwd_keymgmt_free,
             keymgmt_load => p11fwd_keymgmt_load,
             keymgmt_has => p11fwd_keymgmt_has,
             keymgmt_match => p11fwd_keymgmt_match,
             keymgmt_get_params => p11fwd_keymgmt_get_params,
             keymgmt_gettable_params => $gettable,
+            keymgmt_import => $import,
+            keymgmt_import_types => $export_types,
             keymgmt_export => p11fwd_keymgmt_export,
             keymgmt_export_types => $export_types,
             keymgmt_query_operation_name => $query,
@@ -31,18 +36,159 @@ macro_rules! keymgmt_table {
     };
 }
 
-keymgmt_table!(RSA_FUNCTIONS, query_rsa, gettable_rsa, export_types_rsa);
-keymgmt_table!(RSA_PSS_FUNCTIONS, query_rsa, gettable_rsa, export_types_rsa);
-keymgmt_table!(EC_FUNCTIONS, query_ec, gettable_ec, export_types_ec);
+keymgmt_table!(
+    RSA_FUNCTIONS,
+    query_rsa,
+    gettable_rsa,
+    export_types_rsa,
+    new_rsa,
+    import_rsa
+);
+keymgmt_table!(
+    RSA_PSS_FUNCTIONS,
+    query_rsa,
+    gettable_rsa,
+    export_types_rsa,
+    new_rsa_pss,
+    import_rsa_pss
+);
+keymgmt_table!(
+    EC_FUNCTIONS,
+    query_ec,
+    gettable_ec,
+    export_types_ec,
+    new_ec,
+    import_ec
+);
 keymgmt_table!(
     ED25519_FUNCTIONS,
     query_ed25519,
     gettable_raw,
-    export_types_raw
+    export_types_raw,
+    new_ed25519,
+    import_ed25519
 );
-keymgmt_table!(ED448_FUNCTIONS, query_ed448, gettable_raw, export_types_raw);
-keymgmt_table!(X25519_FUNCTIONS, query_ecdh, gettable_raw, export_types_raw);
-keymgmt_table!(X448_FUNCTIONS, query_ecdh, gettable_raw, export_types_raw);
+keymgmt_table!(
+    ED448_FUNCTIONS,
+    query_ed448,
+    gettable_raw,
+    export_types_raw,
+    new_ed448,
+    import_ed448
+);
+keymgmt_table!(
+    X25519_FUNCTIONS,
+    query_x25519,
+    gettable_raw,
+    export_types_raw,
+    new_x25519,
+    import_x25519
+);
+keymgmt_table!(
+    X448_FUNCTIONS,
+    query_x448,
+    gettable_raw,
+    export_types_raw,
+    new_x448,
+    import_x448
+);
+
+/// What `new` makes before `import` fills it in: the kind, no public material yet.
+fn empty(kind: KeyKind) -> PublicMaterial {
+    match kind {
+        KeyKind::Rsa | KeyKind::RsaPss => PublicMaterial::Rsa {
+            n: Vec::new(),
+            e: Vec::new(),
+        },
+        KeyKind::Ec(_) => PublicMaterial::Ec(Vec::new()),
+        _ => PublicMaterial::Raw(Vec::new()),
+    }
+}
+
+macro_rules! new_and_import {
+    ($new:ident, $import:ident, $kind:expr) => {
+        entry! {
+            /// `OSSL_FUNC_keymgmt_new`: an empty public key, for `import`.
+            fn $new(provctx: *mut c_void) -> *mut c_void {
+                // SAFETY: the core passes our provctx, live until teardown.
+                let provctx = unsafe { ProvCtx::clone_arc(provctx) }?;
+                let kind = $kind;
+                Ok(Key::arc_into_raw(Arc::new(Key::detached(provctx, kind, empty(kind)))))
+            }
+        }
+
+        entry! {
+            /// `OSSL_FUNC_keymgmt_import`: public keys only (a private key stays with its
+            /// own provider, so OpenSSL uses that provider's operations for it).
+            fn $import(keydata: *mut c_void, selection: c_int, params: *const OSSL_PARAM) -> c_int {
+                // SAFETY: `new` made this keydata and nobody else holds it yet.
+                let key = unsafe { Key::unique_mut(keydata) }?;
+                // SAFETY: the caller's END-terminated array, valid for this call.
+                let params = unsafe { Params::from_ptr(params) };
+                Ok(c_int::from(import_public(key, selection, params)?))
+            }
+        }
+    };
+}
+
+new_and_import!(new_rsa, import_rsa, KeyKind::Rsa);
+new_and_import!(new_rsa_pss, import_rsa_pss, KeyKind::RsaPss);
+new_and_import!(new_ec, import_ec, KeyKind::Ec(Curve::P256));
+new_and_import!(new_ed25519, import_ed25519, KeyKind::Ed25519);
+new_and_import!(new_ed448, import_ed448, KeyKind::Ed448);
+new_and_import!(new_x25519, import_x25519, KeyKind::X25519);
+new_and_import!(new_x448, import_x448, KeyKind::X448);
+
+/// Fills a `new` key from exported public parameters. `Ok(false)` (import refused) for private
+/// keys and for selections without a public key.
+fn import_public(key: &mut Key, selection: c_int, params: Params<'_>) -> Result<bool, Error> {
+    if key.has_private() || key.is_on_token() {
+        return Err(Error::Internal("import into a token key"));
+    }
+    let private_param = [sys::OSSL_PKEY_PARAM_PRIV_KEY, sys::OSSL_PKEY_PARAM_RSA_D]
+        .iter()
+        .any(|k| params.locate(k).is_some());
+    if private_param || selection & sys::OSSL_KEYMGMT_SELECT_PUBLIC_KEY as c_int == 0 {
+        tracing::debug!(
+            selection,
+            private_param,
+            "import refused: p11fwd imports public keys only"
+        );
+        return Ok(false);
+    }
+    match key.kind {
+        KeyKind::Rsa | KeyKind::RsaPss => {
+            let n = params.locate(sys::OSSL_PKEY_PARAM_RSA_N);
+            let e = params.locate(sys::OSSL_PKEY_PARAM_RSA_E);
+            let (Some(n), Some(e)) = (n, e) else {
+                return Ok(false);
+            };
+            key.public = PublicMaterial::Rsa {
+                n: n.biguint_be()?,
+                e: e.biguint_be()?,
+            };
+        }
+        KeyKind::Ec(_) => {
+            let group = params.locate(sys::OSSL_PKEY_PARAM_GROUP_NAME);
+            let point = params.locate(sys::OSSL_PKEY_PARAM_PUB_KEY);
+            let (Some(group), Some(point)) = (group, point) else {
+                return Ok(false);
+            };
+            let curve = Curve::from_group_name(group.utf8()?).ok_or(Error::Unsupported(
+                "this EC group (p11fwd knows P-256, P-384, P-521)",
+            ))?;
+            key.kind = KeyKind::Ec(curve);
+            key.public = PublicMaterial::Ec(point.octets()?.to_vec());
+        }
+        _ => {
+            let Some(point) = params.locate(sys::OSSL_PKEY_PARAM_PUB_KEY) else {
+                return Ok(false);
+            };
+            key.public = PublicMaterial::Raw(point.octets()?.to_vec());
+        }
+    }
+    Ok(true)
+}
 
 static GETTABLE_RSA: ParamTable = param_table![
     (sys::OSSL_PKEY_PARAM_BITS, Integer),
@@ -101,7 +247,8 @@ static_answer!(query_rsa(_op: c_int) -> *const c_char = c"RSA".as_ptr());
 static_answer!(query_ec(_op: c_int) -> *const c_char = if _op == sys::OSSL_OP_KEYEXCH { c"ECDH".as_ptr() } else { c"ECDSA".as_ptr() });
 static_answer!(query_ed25519(_op: c_int) -> *const c_char = c"ED25519".as_ptr());
 static_answer!(query_ed448(_op: c_int) -> *const c_char = c"ED448".as_ptr());
-static_answer!(query_ecdh(_op: c_int) -> *const c_char = core::ptr::null());
+static_answer!(query_x25519(_op: c_int) -> *const c_char = c"X25519".as_ptr());
+static_answer!(query_x448(_op: c_int) -> *const c_char = c"X448".as_ptr());
 
 entry! {
     /// `OSSL_FUNC_keymgmt_free`

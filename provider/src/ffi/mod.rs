@@ -16,6 +16,7 @@
 // The helper modules are the toolkit for the operation modules that come next; until then parts
 // of them are used only by their unit tests.
 pub(crate) mod algorithms;
+pub(crate) mod asym_cipher;
 pub(crate) mod boundary;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod cast;
@@ -26,11 +27,14 @@ pub(crate) mod digest;
 pub(crate) mod dispatch;
 pub(crate) mod encoder;
 pub(crate) mod err;
+pub(crate) mod exchange;
 pub(crate) mod keymgmt;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod params;
 pub(crate) mod process;
 pub(crate) mod provider;
+pub(crate) mod rand;
 pub(crate) mod signature;
+pub(crate) mod soft;
 pub(crate) mod store;
 pub(crate) mod ui;

@@ -271,6 +271,25 @@ impl<'a> Param<'a> {
         Ok(unsafe { core::slice::from_raw_parts(ptr.cast::<u8>(), len) })
     }
 
+    /// An UNSIGNED_INTEGER of any size (a big number, as `OSSL_PARAM_get_BN` reads it: native
+    /// byte order), returned big-endian without leading zeros.
+    pub(crate) fn biguint_be(&self) -> Result<Vec<u8>, Error> {
+        if self.data_type() != Some(ParamType::UnsignedInteger) || self.raw.data.is_null() {
+            return Err(self.error("not an unsigned integer"));
+        }
+        // SAFETY: an UNSIGNED_INTEGER's `data` holds `data_size` bytes valid for 'a.
+        let native =
+            unsafe { core::slice::from_raw_parts(self.raw.data.cast::<u8>(), self.raw.data_size) };
+        let mut be: Vec<u8> = if cfg!(target_endian = "little") {
+            native.iter().rev().copied().collect()
+        } else {
+            native.to_vec()
+        };
+        let skip = be.iter().take_while(|&&b| b == 0).count();
+        be.drain(..skip);
+        Ok(be)
+    }
+
     /// An integer value as `int` (`OSSL_PARAM_get_int`; converts widths and signedness when
     /// the value fits).
     pub(crate) fn int(&self) -> Result<c_int, Error> {

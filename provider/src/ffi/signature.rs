@@ -28,6 +28,12 @@ macro_rules! signature_table {
             signature_digest_sign_update => p11fwd_sig_digest_sign_update,
             signature_digest_sign_final => p11fwd_sig_digest_sign_final,
             signature_digest_sign => p11fwd_sig_digest_sign,
+            signature_verify_init => p11fwd_sig_verify_init,
+            signature_verify => p11fwd_sig_verify,
+            signature_digest_verify_init => p11fwd_sig_digest_verify_init,
+            signature_digest_verify_update => p11fwd_sig_digest_sign_update,
+            signature_digest_verify_final => p11fwd_sig_digest_verify_final,
+            signature_digest_verify => p11fwd_sig_digest_verify,
             signature_get_ctx_params => p11fwd_sig_get_ctx_params,
             signature_gettable_ctx_params => p11fwd_sig_gettable_ctx_params,
             signature_set_ctx_params => p11fwd_sig_set_ctx_params,
@@ -250,6 +256,95 @@ entry! {
         let signature = ctx.digest_sign(tbs)?;
         // SAFETY: `sig` has `sigsize` writable bytes.
         unsafe { output(sig, siglen, sigsize, &signature) }
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_signature_verify_init`: verification is done in software with the key's
+    /// public part (`ffi::soft`).
+    fn p11fwd_sig_verify_init(ctx: *mut c_void, provkey: *mut c_void, params: *const OSSL_PARAM) -> c_int {
+        // SAFETY: our sigctx, not used concurrently.
+        let ctx = unsafe { SigCtx::borrow_mut(ctx) }?;
+        // SAFETY: the core passes our keydata (or NULL).
+        let key = unsafe { init_key(provkey) }?;
+        ctx.init_verify(key, None)?;
+        // SAFETY: the caller's END-terminated array, valid for this call.
+        set_params(ctx, unsafe { Params::from_ptr(params) })?;
+        Ok(1)
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_signature_verify`: 1 valid, 0 not.
+    fn p11fwd_sig_verify(
+        ctx: *mut c_void,
+        sig: *const c_uchar,
+        siglen: usize,
+        tbs: *const c_uchar,
+        tbslen: usize,
+    ) -> c_int {
+        // SAFETY: our sigctx, not used concurrently.
+        let ctx = unsafe { SigCtx::borrow_mut(ctx) }?;
+        // SAFETY: `siglen` readable bytes.
+        let sig = unsafe { bytes(sig, siglen, "sig") }?;
+        // SAFETY: `tbslen` readable bytes.
+        let tbs = unsafe { bytes(tbs, tbslen, "tbs") }?;
+        Ok(c_int::from(ctx.verify(sig, tbs)?))
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_signature_digest_verify_init`
+    fn p11fwd_sig_digest_verify_init(
+        ctx: *mut c_void,
+        mdname: *const c_char,
+        provkey: *mut c_void,
+        params: *const OSSL_PARAM,
+    ) -> c_int {
+        // SAFETY: our sigctx, not used concurrently.
+        let ctx = unsafe { SigCtx::borrow_mut(ctx) }?;
+        // SAFETY: the core passes our keydata (or NULL).
+        let key = unsafe { init_key(provkey) }?;
+        let md = if mdname.is_null() {
+            ""
+        } else {
+            // SAFETY: a NUL-terminated name valid for the call.
+            unsafe { c_str(mdname, "mdname") }?.to_str().unwrap_or("")
+        };
+        ctx.init_verify(key, Some(md))?;
+        // SAFETY: the caller's END-terminated array, valid for this call.
+        set_params(ctx, unsafe { Params::from_ptr(params) })?;
+        Ok(1)
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_signature_digest_verify_final`: 1 valid, 0 not.
+    fn p11fwd_sig_digest_verify_final(ctx: *mut c_void, sig: *const c_uchar, siglen: usize) -> c_int {
+        // SAFETY: our sigctx, not used concurrently.
+        let ctx = unsafe { SigCtx::borrow_mut(ctx) }?;
+        // SAFETY: `siglen` readable bytes.
+        let sig = unsafe { bytes(sig, siglen, "sig") }?;
+        Ok(c_int::from(ctx.verify_final(sig)?))
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_signature_digest_verify` (one shot): 1 valid, 0 not.
+    fn p11fwd_sig_digest_verify(
+        ctx: *mut c_void,
+        sig: *const c_uchar,
+        siglen: usize,
+        tbs: *const c_uchar,
+        tbslen: usize,
+    ) -> c_int {
+        // SAFETY: our sigctx, not used concurrently.
+        let ctx = unsafe { SigCtx::borrow_mut(ctx) }?;
+        // SAFETY: `siglen` readable bytes.
+        let sig = unsafe { bytes(sig, siglen, "sig") }?;
+        // SAFETY: `tbslen` readable bytes.
+        let tbs = unsafe { bytes(tbs, tbslen, "tbs") }?;
+        Ok(c_int::from(ctx.digest_verify(sig, tbs)?))
     }
 }
 

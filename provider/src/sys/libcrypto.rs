@@ -53,3 +53,37 @@ unsafe extern "C" {
     ) -> c_int;
     pub fn UI_process(ui: *mut UI) -> c_int;
 }
+
+unsafe extern "C" {
+    // --- evp.h / x509.h: software public-key operations in p11fwd's own library context
+    // (ffi::soft) ---
+    pub fn EVP_PKEY_CTX_new_from_pkey(
+        libctx: *mut openssl_sys::OSSL_LIB_CTX,
+        pkey: *mut openssl_sys::EVP_PKEY,
+        propquery: *const c_char,
+    ) -> *mut openssl_sys::EVP_PKEY_CTX;
+    pub fn d2i_PUBKEY_ex(
+        a: *mut *mut openssl_sys::EVP_PKEY,
+        pp: *mut *const u8,
+        length: core::ffi::c_long,
+        libctx: *mut openssl_sys::OSSL_LIB_CTX,
+        propq: *const c_char,
+    ) -> *mut openssl_sys::EVP_PKEY;
+    pub fn EVP_PKEY_verify_init_ex(
+        ctx: *mut openssl_sys::EVP_PKEY_CTX,
+        params: *const OSSL_PARAM,
+    ) -> c_int;
+    pub fn EVP_PKEY_encrypt_init_ex(
+        ctx: *mut openssl_sys::EVP_PKEY_CTX,
+        params: *const OSSL_PARAM,
+    ) -> c_int;
+    pub fn EVP_DigestVerifyInit_ex(
+        ctx: *mut openssl_sys::EVP_MD_CTX,
+        pctx: *mut *mut openssl_sys::EVP_PKEY_CTX,
+        mdname: *const c_char,
+        libctx: *mut openssl_sys::OSSL_LIB_CTX,
+        props: *const c_char,
+        pkey: *mut openssl_sys::EVP_PKEY,
+        params: *const OSSL_PARAM,
+    ) -> c_int;
+}
