@@ -20,12 +20,13 @@ use cryptoki_sys::{
     CKA_ALLOWED_MECHANISMS, CKR_ATTRIBUTE_TYPE_INVALID, CKR_ATTRIBUTE_VALUE_INVALID,
     CKR_BUFFER_TOO_SMALL, CKR_DEVICE_ERROR,
 };
-use p11fwd_wire::client::Client;
+use p11fwd_wire::client::{parse, req};
 use p11fwd_wire::dialect::{AttrClass, is_template_type};
 use p11fwd_wire::value::{AttrSlot, AttrValue};
 use p11fwd_wire::{Attribute, CallId, Dialect, Error as WireError, Rv, Value};
 
 use crate::ffi::{InAttr, MAX_OUTPUT, OutAttr, Shape};
+use crate::state::Tx;
 use crate::{Result, rv};
 
 /// Room we ask for when the caller queries the size of `CKA_ALLOWED_MECHANISMS`.
@@ -188,12 +189,12 @@ fn fill(a: &mut OutAttr<'_>, reply: &Attribute) -> bool {
 
 /// `C_GetAttributeValue`: the CK_RV to return (OK or one of the per-attribute codes).
 pub(crate) fn get(
-    client: &Client,
+    tx: &Tx<'_>,
     session: u64,
     object: u64,
     template: &mut [OutAttr<'_>],
 ) -> p11fwd_wire::Result<Rv> {
-    let dialect = client.dialect();
+    let dialect = tx.dialect();
     let mut ours = Rv::OK;
     let mut sent = Vec::with_capacity(template.len());
     let mut slots = Vec::with_capacity(template.len());
@@ -210,7 +211,8 @@ pub(crate) fn get(
     if slots.is_empty() {
         return Ok(ours);
     }
-    let (attrs, server) = client.get_attribute_value(session, object, slots)?;
+    let (attrs, server) =
+        parse::attributes(tx.call(&req::get_attribute_value(session, object, slots))?)?;
     let mismatch = || local(CallId::GetAttributeValue, rv(CKR_DEVICE_ERROR));
     if attrs.len() != sent.len() {
         return Err(mismatch());

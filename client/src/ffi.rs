@@ -303,6 +303,11 @@ impl<'a> OutUlongs<'a> {
         self.cap
     }
 
+    /// Whether the list pointer is NULL (a count query).
+    pub(crate) fn is_count_query(&self) -> bool {
+        self.buf.is_none()
+    }
+
     /// Report a list: its count for a count query; copied if it fits; otherwise
     /// `CKR_BUFFER_TOO_SMALL` with the count needed.
     pub(crate) fn put(self, items: &[CK_ULONG]) -> Result<()> {

@@ -28,6 +28,7 @@ pub mod ffi;
 pub(crate) mod functions;
 pub(crate) mod log;
 pub(crate) mod mech;
+pub(crate) mod pipeline;
 pub(crate) mod state;
 
 use p11fwd_wire::Rv;

@@ -21,6 +21,7 @@
 //! - Session handles are ours (1, 2, 3, ... never reused), mapped to the server's handles and
 //!   the connection generation, so a new server's handle can never be mistaken for an old one.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,10 +33,16 @@ use cryptoki_sys::{
     CKR_NO_EVENT, CKR_SESSION_CLOSED, CKR_SESSION_HANDLE_INVALID,
 };
 use p11fwd_wire::client::Client;
-use p11fwd_wire::{Error as WireError, Rv};
+use p11fwd_wire::info::MechanismInfo;
+use p11fwd_wire::message::Request;
+use p11fwd_wire::{Arg, CallId, Dialect, Error as WireError, Rv};
 use rustix::process::{Pid, getpid};
 
 use crate::config::{self, Config};
+use crate::functions::scrub;
+use crate::pipeline::{
+    Event, KeyMeta, Objects, OpSet, OpState, Pending, PendingKind, meta_request,
+};
 use crate::{Result, rv};
 
 /// The one module instance of this process (per `C_Initialize`).
@@ -85,6 +92,8 @@ pub(crate) fn initialize(reserved: Option<Vec<u8>>) -> Result<()> {
         reserved,
         link: Mutex::new(Link::default()),
         sessions: Mutex::new(Sessions::default()),
+        objects: Mutex::new(Objects::default()),
+        cache: Mutex::new(Cache::default()),
         finalized: AtomicBool::new(false),
     };
     match module.open() {
@@ -166,12 +175,50 @@ pub(crate) struct Conn {
     pub(crate) generation: u64,
 }
 
-/// A session: the server's handle, its slot, and the connection it lives on.
-#[derive(Clone, Copy, Debug)]
+/// A session: the server's handle, its slot, the connection it lives on, and its operations
+/// and deferred requests (`crate::pipeline`).
+#[derive(Debug)]
 struct Session {
     remote: u64,
     slot: CK_SLOT_ID,
     generation: u64,
+    ops: OpState,
+}
+
+/// Where a session lives, for a call on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    /// The server's session handle.
+    pub(crate) remote: u64,
+    /// The session's slot.
+    pub(crate) slot: CK_SLOT_ID,
+    /// The connection generation.
+    pub(crate) generation: u64,
+}
+
+/// Answers that cannot change while a connection lives (issue 7): mechanism lists and
+/// mechanism infos per slot, and the slot list of the last count query (PKCS#11 §5.5: the set
+/// of slots is checked when `C_GetSlotList` is called with a NULL list).
+#[derive(Debug, Default)]
+struct Cache {
+    generation: u64,
+    mechanisms: HashMap<CK_SLOT_ID, Vec<u64>>,
+    mechanism_info: HashMap<(CK_SLOT_ID, u64), MechanismInfo>,
+    /// The list a count query fetched, for the call that fills the caller's buffer; index 1 for
+    /// `tokenPresent`.
+    slot_list: [Option<Vec<u64>>; 2],
+}
+
+impl Cache {
+    fn sync(&mut self, generation: u64) -> &mut Self {
+        if self.generation != generation {
+            *self = Self {
+                generation,
+                ..Self::default()
+            };
+        }
+        self
+    }
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +235,8 @@ pub(crate) struct Module {
     reserved: Option<Vec<u8>>,
     link: Mutex<Link>,
     sessions: Mutex<Sessions>,
+    objects: Mutex<Objects>,
+    cache: Mutex<Cache>,
     finalized: AtomicBool,
 }
 
@@ -309,20 +358,65 @@ impl Module {
     }
 
     /// A call on one of our sessions: `f` gets the client and the server's session handle.
+    /// The session's deferred requests are sent first (in one write, before `f` runs).
     pub(crate) fn session_call<T>(
         &self,
         handle: CK_SESSION_HANDLE,
         f: impl FnOnce(&Client, u64) -> p11fwd_wire::Result<T>,
     ) -> Result<T> {
-        let session = self.session(handle)?;
-        let conn = match self.current()? {
-            Some(c) if c.generation == session.generation => c,
-            _ => {
+        self.session_tx(handle, OpSet::NONE, None, |tx, s| f(tx.client()?, s))
+    }
+
+    /// A call on one of our sessions through a [`Tx`], whose first request travels in one
+    /// write with the session's deferred requests (`crate::pipeline`).
+    ///
+    /// `uses`: the operation kinds this call continues (`C_Sign` continues a Sign). A deferred
+    /// Init of one of them that the server rejected makes this call return the Init's CK_RV,
+    /// without a round trip if that was already known. `meta`: a key whose metadata should be
+    /// fetched in the same write.
+    pub(crate) fn session_tx<T>(
+        &self,
+        handle: CK_SESSION_HANDLE,
+        uses: OpSet,
+        meta: Option<u64>,
+        f: impl FnOnce(&Tx<'_>, u64) -> p11fwd_wire::Result<T>,
+    ) -> Result<T> {
+        let (place, pending) = {
+            let mut sessions = lock(&self.sessions)?;
+            let session = sessions
+                .map
+                .get_mut(&handle)
+                .ok_or(rv(CKR_SESSION_HANDLE_INVALID))?;
+            if let Some(code) = session.ops.take_failure_in(uses) {
+                return Err(code);
+            }
+            let place = Place {
+                remote: session.remote,
+                slot: session.slot,
+                generation: session.generation,
+            };
+            (place, session.ops.take_pending())
+        };
+        let conn = match self.current() {
+            Ok(Some(c)) if c.generation == place.generation => c,
+            other => {
                 self.forget(handle);
+                other?;
                 return Err(rv(CKR_SESSION_HANDLE_INVALID));
             }
         };
-        match f(&conn.client, session.remote) {
+        let tx = Tx {
+            client: &conn.client,
+            remote: place.remote,
+            uses,
+            pending: RefCell::new(pending),
+            outcomes: RefCell::new(Vec::new()),
+            meta_for: Cell::new(meta),
+            meta: RefCell::new(None),
+        };
+        let res = f(&tx, place.remote);
+        self.settle(handle, place, tx);
+        match res {
             Ok(v) => Ok(v),
             Err(e) if e.is_fatal() => {
                 tracing::warn!(cause = %e, "connection to the server lost during a session call");
@@ -340,20 +434,154 @@ impl Module {
         }
     }
 
-    /// Our session, or `CKR_SESSION_HANDLE_INVALID`.
-    fn session(&self, handle: CK_SESSION_HANDLE) -> Result<Session> {
+    /// After a [`Tx`]: record what the deferred requests did, put back those not sent, keep
+    /// fetched key metadata.
+    fn settle(&self, handle: CK_SESSION_HANDLE, place: Place, tx: Tx<'_>) {
+        let Tx {
+            pending,
+            outcomes,
+            meta,
+            ..
+        } = tx;
+        if let Some((key, m)) = meta.into_inner()
+            && let Ok(mut objects) = self.objects.lock()
+        {
+            objects.store_meta(place.generation, key, m);
+        }
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return;
+        };
+        let Some(session) = sessions.map.get_mut(&handle) else {
+            return;
+        };
+        for (kind, result, reported) in outcomes.into_inner() {
+            session.ops.pending_done(kind, result, reported);
+        }
+        let unsent = pending.into_inner();
+        if !unsent.is_empty() {
+            session.ops.restore_pending(unsent);
+        }
+    }
+
+    /// Run `f` on a session's operation state (our session on the current connection, else
+    /// `CKR_SESSION_HANDLE_INVALID`).
+    pub(crate) fn with_ops<R>(
+        &self,
+        handle: CK_SESSION_HANDLE,
+        f: impl FnOnce(&mut OpState, Place) -> R,
+    ) -> Result<R> {
+        self.check_session(handle)?;
+        let mut sessions = lock(&self.sessions)?;
+        let session = sessions
+            .map
+            .get_mut(&handle)
+            .ok_or(rv(CKR_SESSION_HANDLE_INVALID))?;
+        let place = Place {
+            remote: session.remote,
+            slot: session.slot,
+            generation: session.generation,
+        };
+        Ok(f(&mut session.ops, place))
+    }
+
+    /// Record what a call did to its session's operations (a session that went away is fine).
+    pub(crate) fn record(&self, handle: CK_SESSION_HANDLE, event: Event) {
+        if let Ok(mut sessions) = self.sessions.lock()
+            && let Some(s) = sessions.map.get_mut(&handle)
+        {
+            s.ops.record(event);
+        }
+    }
+
+    /// The object handles and key metadata of the current connection.
+    pub(crate) fn objects(&self) -> Result<MutexGuard<'_, Objects>> {
+        lock(&self.objects)
+    }
+
+    /// The negotiated dialect of the current connection, if any.
+    pub(crate) fn dialect(&self) -> Option<Dialect> {
+        self.current().ok().flatten().map(|c| c.client.dialect())
+    }
+
+    /// A slot's mechanism list, if this connection asked for it already.
+    pub(crate) fn cached_mechanisms(&self, generation: u64, slot: CK_SLOT_ID) -> Option<Vec<u64>> {
+        let mut cache = self.cache.lock().ok()?;
+        cache.sync(generation).mechanisms.get(&slot).cloned()
+    }
+
+    /// Keep a slot's mechanism list for the connection's life.
+    pub(crate) fn keep_mechanisms(&self, generation: u64, slot: CK_SLOT_ID, list: &[u64]) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache
+                .sync(generation)
+                .mechanisms
+                .insert(slot, list.to_vec());
+        }
+    }
+
+    /// A cached mechanism info.
+    pub(crate) fn cached_mechanism_info(
+        &self,
+        generation: u64,
+        slot: CK_SLOT_ID,
+        ty: u64,
+    ) -> Option<MechanismInfo> {
+        let mut cache = self.cache.lock().ok()?;
+        cache
+            .sync(generation)
+            .mechanism_info
+            .get(&(slot, ty))
+            .cloned()
+    }
+
+    /// Keep a mechanism info for the connection's life.
+    pub(crate) fn keep_mechanism_info(
+        &self,
+        generation: u64,
+        slot: CK_SLOT_ID,
+        ty: u64,
+        info: &MechanismInfo,
+    ) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache
+                .sync(generation)
+                .mechanism_info
+                .insert((slot, ty), *info);
+        }
+    }
+
+    /// The slot list a count query of this connection fetched (taken: used once).
+    pub(crate) fn take_slot_list(&self, generation: u64, token_present: bool) -> Option<Vec<u64>> {
+        let mut cache = self.cache.lock().ok()?;
+        cache.sync(generation).slot_list[usize::from(token_present)].take()
+    }
+
+    /// Keep the slot list a count query fetched, for the call that fills the buffer.
+    pub(crate) fn keep_slot_list(&self, generation: u64, token_present: bool, list: Vec<u64>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.sync(generation).slot_list[usize::from(token_present)] = Some(list);
+        }
+    }
+
+    /// The slot of one of our sessions, on the current connection.
+    pub(crate) fn place(&self, handle: CK_SESSION_HANDLE) -> Result<Place> {
+        self.with_ops(handle, |_, p| p)
+    }
+
+    /// Our session, or `CKR_SESSION_HANDLE_INVALID`: (server handle, connection generation).
+    fn session(&self, handle: CK_SESSION_HANDLE) -> Result<(u64, u64)> {
         lock(&self.sessions)?
             .map
             .get(&handle)
-            .copied()
+            .map(|s| (s.remote, s.generation))
             .ok_or(rv(CKR_SESSION_HANDLE_INVALID))
     }
 
     /// Whether `handle` is one of our sessions (for calls answered without a round trip).
     pub(crate) fn check_session(&self, handle: CK_SESSION_HANDLE) -> Result<()> {
-        let session = self.session(handle)?;
+        let (_, generation) = self.session(handle)?;
         match self.current()? {
-            Some(c) if c.generation == session.generation => Ok(()),
+            Some(c) if c.generation == generation => Ok(()),
             _ => {
                 self.forget(handle);
                 Err(rv(CKR_SESSION_HANDLE_INVALID))
@@ -383,12 +611,13 @@ impl Module {
                 remote,
                 slot,
                 generation,
+                ops: OpState::default(),
             },
         );
         Ok(handle)
     }
 
-    /// Forget one session.
+    /// Forget one session (its deferred requests are dropped: they die with it).
     pub(crate) fn forget(&self, handle: CK_SESSION_HANDLE) {
         if let Ok(mut s) = self.sessions.lock() {
             s.map.remove(&handle);
@@ -423,5 +652,139 @@ impl Module {
                 other => return other,
             }
         }
+    }
+}
+
+/// What the server answered to a deferred request: (kind, result, reported to the application
+/// by the call it travelled with).
+type Outcome = (PendingKind, std::result::Result<(), Rv>, bool);
+
+/// One session call's way to the server: its first request travels in one write with the
+/// session's deferred requests (and a key-metadata fetch, if asked for).
+pub(crate) struct Tx<'a> {
+    client: &'a Client,
+    remote: u64,
+    uses: OpSet,
+    /// Deferred requests not sent yet.
+    pending: RefCell<Vec<Pending>>,
+    /// What the server answered to the deferred requests: (kind, result, reported to the
+    /// application by this call).
+    outcomes: RefCell<Vec<Outcome>>,
+    /// A key whose metadata to fetch with the first request.
+    meta_for: Cell<Option<u64>>,
+    meta: RefCell<Option<(u64, KeyMeta)>>,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("remote", &self.remote)
+            .field("pending", &self.pending.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tx<'_> {
+    /// The negotiated dialect.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.client.dialect()
+    }
+
+    /// The client, after the deferred requests have been sent (for typed calls that cannot
+    /// join the batch).
+    pub(crate) fn client(&self) -> p11fwd_wire::Result<&Client> {
+        if !self.pending.borrow().is_empty() || self.meta_for.get().is_some() {
+            self.exchange(None)?;
+        }
+        Ok(self.client)
+    }
+
+    /// Send `req` (after the deferred requests, in the same write) and return its reply. If a
+    /// deferred Init of a kind this call continues was rejected, that CK_RV is the result.
+    pub(crate) fn call(&self, req: &Request) -> p11fwd_wire::Result<Vec<Arg>> {
+        if self.pending.borrow().is_empty() && self.meta_for.get().is_none() {
+            return self.client.connection().call(req);
+        }
+        // A request this server cannot take is refused locally; the deferred requests must not
+        // go down with it (call_batch refuses a whole batch), so they wait for the next call.
+        let dialect = self.client.dialect();
+        if !dialect.knows(req.call) || req.encode(dialect).is_err() {
+            return self.client.connection().call(req);
+        }
+        self.exchange(Some(req))
+    }
+
+    /// Write the metadata fetch, the deferred requests and `own` in one batch; record what the
+    /// server said to each; return `own`'s reply (empty without one).
+    fn exchange(&self, own: Option<&Request>) -> p11fwd_wire::Result<Vec<Arg>> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let meta = self.meta_for.take();
+        let mut batch = Vec::with_capacity(pending.len() + 2);
+        if let Some(key) = meta {
+            batch.push(meta_request(self.remote, key));
+        }
+        let kinds: Vec<(PendingKind, CallId)> =
+            pending.iter().map(|p| (p.kind, p.req.call)).collect();
+        batch.extend(pending.into_iter().map(|p| p.req));
+        if let Some(r) = own {
+            batch.push(r.clone());
+        }
+        tracing::trace!(requests = batch.len(), "pipelined batch");
+        let replies = self.client.connection().call_batch(&batch);
+        if own.is_some_and(|r| {
+            matches!(
+                r.call,
+                CallId::Login | CallId::LoginUser | CallId::InitPIN | CallId::SetPIN
+            )
+        }) && let Some(last) = batch.last_mut()
+        {
+            scrub(last);
+        }
+        let mut replies = replies.into_iter();
+        let missing = || WireError::Invalid("pipelined batch without a reply");
+        if let Some(key) = meta {
+            match replies.next().ok_or_else(missing)? {
+                Ok(args) => {
+                    if let Some(m) = KeyMeta::from_reply(args) {
+                        *self.meta.borrow_mut() = Some((key, m));
+                    }
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let mut failure = None;
+        for (kind, call) in kinds {
+            let result = match replies.next().ok_or_else(missing)? {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => Err(e.rv()),
+            };
+            let reported = match (kind, result) {
+                (PendingKind::Init(op), Err(code)) if failure.is_none() && self.uses.has(op) => {
+                    failure = Some((call, code));
+                    true
+                }
+                _ => false,
+            };
+            self.outcomes.borrow_mut().push((kind, result, reported));
+        }
+        let reply = match own {
+            Some(_) => replies.next().ok_or_else(missing)?,
+            None => Ok(Vec::new()),
+        };
+        if let Some((call, code)) = failure {
+            tracing::debug!(%call, rv = %code, "a deferred request failed; reported now");
+            if let Err(e) = &reply
+                && e.is_fatal()
+            {
+                return reply;
+            }
+            return Err(WireError::Rv {
+                call: own.map_or(call, |r| r.call),
+                rv: code,
+            });
+        }
+        reply
     }
 }

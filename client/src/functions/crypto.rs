@@ -6,13 +6,15 @@
 //! stays active), and a non-NULL zero-length buffer is sent as such (`0xFFFFFFFF`) to 0.25+
 //! servers and emulated for 0.24 ones (rpc §4, §12 client 3).
 
-use cryptoki_sys::{CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CKR_ARGUMENTS_BAD};
-use p11fwd_wire::client::{OutCap, parse, req};
+use cryptoki_sys::{CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CKR_ARGUMENTS_BAD, CKR_GENERAL_ERROR};
+use p11fwd_wire::client::{OutCap, Output, parse, req};
+use p11fwd_wire::message::Request;
 use p11fwd_wire::{CallId, Mechanism, Rv};
 
 use crate::attrs::{self, local};
 use crate::ffi::{InAttr, MAX_OUTPUT, OutBytes, OutFixed};
-use crate::state::Module;
+use crate::pipeline::{Current, Event, KeyMeta, Op, OpSet, digest_len, ends_after_output};
+use crate::state::{Module, Tx};
 use crate::{Result, rv};
 
 /// The mechanism a key-management call needs (a NULL one is `CKR_ARGUMENTS_BAD`).
@@ -21,7 +23,8 @@ fn required(mech: Option<Mechanism>) -> Result<Mechanism> {
 }
 
 /// An `*Init` call with a mechanism and a key (`uMu`); a NULL mechanism cancels the operation
-/// (0.25+ servers; `CKR_FUNCTION_NOT_SUPPORTED` against 0.24).
+/// (0.25+ servers; `CKR_FUNCTION_NOT_SUPPORTED` against 0.24 unless the Init it cancels was
+/// never sent). Deferred when possible (`crate::pipeline`).
 pub(crate) fn init(
     m: &Module,
     call: CallId,
@@ -29,16 +32,209 @@ pub(crate) fn init(
     mech: Option<Mechanism>,
     key: CK_OBJECT_HANDLE,
 ) -> Result<()> {
-    m.session_call(h, |c, s| {
-        c.connection()
-            .call(&req::init_with_key(call, s, mech, key))
-            .and_then(parse::unit)
-    })
+    let op = Op::of_init(call).ok_or(rv(CKR_GENERAL_ERROR))?;
+    start(m, call, op, h, mech, Some(key))
 }
 
 /// `C_DigestInit`
 pub(crate) fn digest_init(m: &Module, h: CK_SESSION_HANDLE, mech: Option<Mechanism>) -> Result<()> {
-    m.session_call(h, |c, s| c.digest_init(s, mech))
+    start(m, CallId::DigestInit, Op::Digest, h, mech, None)
+}
+
+fn init_request(call: CallId, s: u64, mech: Option<Mechanism>, key: Option<u64>) -> Request {
+    match key {
+        Some(k) => req::init_with_key(call, s, mech, k),
+        None => req::digest_init(s, mech),
+    }
+}
+
+fn start(
+    m: &Module,
+    call: CallId,
+    op: Op,
+    h: CK_SESSION_HANDLE,
+    mech: Option<Mechanism>,
+    key: Option<u64>,
+) -> Result<()> {
+    let Some(mech) = mech else {
+        // A cancel: nothing to send if the operation never reached the server.
+        if m.with_ops(h, |ops, _| ops.cancel_locally(op))? {
+            return Ok(());
+        }
+        m.session_tx(h, OpSet::NONE, None, |tx, s| {
+            tx.call(&init_request(call, s, None, key))
+                .and_then(parse::unit)
+        })?;
+        m.record(h, Event::Ended(op));
+        return Ok(());
+    };
+    let current = Current { mech: mech.ty, key };
+    if defer(m, call, op, h, &mech, key)? {
+        return Ok(());
+    }
+    m.session_tx(h, OpSet::NONE, None, |tx, s| {
+        tx.call(&init_request(call, s, Some(mech), key))
+            .and_then(parse::unit)
+    })?;
+    m.record(h, Event::Started(op, current));
+    Ok(())
+}
+
+/// Hold an Init back until the session's next call, when nothing we know says the server
+/// would refuse it: our session, no operation of that kind possibly active, a key handle the
+/// server gave us whose known type and usage fit the mechanism, a mechanism the token lists
+/// (when we have its list) and that this server's generation can carry. `true` if deferred.
+fn defer(
+    m: &Module,
+    call: CallId,
+    op: Op,
+    h: CK_SESSION_HANDLE,
+    mech: &Mechanism,
+    key: Option<u64>,
+) -> Result<bool> {
+    let place = m.place(h)?;
+    let Some(dialect) = m.dialect() else {
+        return Ok(false);
+    };
+    if let Some(k) = key {
+        let mut objects = m.objects()?;
+        if !objects.is_known(place.generation, k) {
+            return Ok(false);
+        }
+        if let Some(Some(meta)) = objects.meta(place.generation, k)
+            && meta.contradicts(op, mech.ty)
+        {
+            return Ok(false);
+        }
+    }
+    if m.cached_mechanisms(place.generation, place.slot)
+        .is_some_and(|list| !list.contains(&mech.ty))
+    {
+        return Ok(false);
+    }
+    let req = init_request(call, place.remote, Some(mech.clone()), key);
+    if !dialect.knows(call) || req.encode(dialect).is_err() {
+        return Ok(false);
+    }
+    m.with_ops(h, |ops, now| {
+        if now != place || !ops.may_defer(op) {
+            return false;
+        }
+        ops.defer_init(op, req, Current { mech: mech.ty, key });
+        true
+    })
+}
+
+/// How a data call continues its operation.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// A one-shot or final call with output: ends the operation unless it only reports a size.
+    Once(Op),
+    /// An update with output: ends the operation on errors other than BUFFER_TOO_SMALL.
+    Update(Op),
+    /// A dual-function update (two operations; their state is left as it is).
+    Dual(Op, Op),
+}
+
+impl Step {
+    fn of(call: CallId) -> Option<Self> {
+        use CallId as C;
+        Some(match call {
+            C::Encrypt | C::EncryptFinal => Self::Once(Op::Encrypt),
+            C::Decrypt | C::DecryptFinal => Self::Once(Op::Decrypt),
+            C::Digest | C::DigestFinal => Self::Once(Op::Digest),
+            C::Sign | C::SignFinal => Self::Once(Op::Sign),
+            C::SignRecover => Self::Once(Op::SignRecover),
+            C::VerifyRecover => Self::Once(Op::VerifyRecover),
+            C::EncryptUpdate => Self::Update(Op::Encrypt),
+            C::DecryptUpdate => Self::Update(Op::Decrypt),
+            C::DigestEncryptUpdate => Self::Dual(Op::Digest, Op::Encrypt),
+            C::DecryptDigestUpdate => Self::Dual(Op::Decrypt, Op::Digest),
+            C::SignEncryptUpdate => Self::Dual(Op::Sign, Op::Encrypt),
+            C::DecryptVerifyUpdate => Self::Dual(Op::Decrypt, Op::Verify),
+            _ => return None,
+        })
+    }
+
+    fn uses(self) -> OpSet {
+        match self {
+            Self::Once(op) | Self::Update(op) => OpSet::of(op),
+            Self::Dual(a, b) => OpSet::of(a).with(b),
+        }
+    }
+}
+
+/// What we know of a size query's answer.
+enum Known {
+    /// The token's answer.
+    Size(u64),
+    /// Ask the server (fetching this key's metadata in the same write, if given).
+    Ask(Option<u64>),
+}
+
+/// The output size of the current `op` on session `h`, if it follows from its mechanism and
+/// key; a deferred Init that failed is reported here.
+fn known_output(m: &Module, h: CK_SESSION_HANDLE, op: Op) -> Result<Known> {
+    let (current, generation) = m.with_ops(h, |ops, place| match ops.take_failure(op) {
+        Some(code) => Err(code),
+        None => Ok((ops.current(op), place.generation)),
+    })??;
+    let Some(current) = current else {
+        return Ok(Known::Ask(None));
+    };
+    let Some(key) = current.key else {
+        return Ok(digest_len(current.mech).map_or(Known::Ask(None), Known::Size));
+    };
+    let mut objects = m.objects()?;
+    let known = objects.is_known(generation, key);
+    Ok(match objects.meta(generation, key) {
+        Some(Some(meta)) => meta
+            .output_len(op, current.mech)
+            .map_or(Known::Ask(None), Known::Size),
+        Some(None) => Known::Ask(None),
+        None if known => Known::Ask(Some(key)),
+        None => Known::Ask(None),
+    })
+}
+
+/// A call with an output buffer on an operation: size queries answered locally when the size
+/// is known, the operation state recorded afterwards.
+fn output_call(
+    m: &Module,
+    call: CallId,
+    h: CK_SESSION_HANDLE,
+    out: OutBytes<'_>,
+    build: impl FnOnce(&Tx<'_>, u64, OutCap) -> Request,
+) -> Result<()> {
+    let cap = out.cap();
+    let step = Step::of(call);
+    let mut fetch = None;
+    if let Some(Step::Once(op @ (Op::Sign | Op::Decrypt | Op::Encrypt | Op::Digest))) = step {
+        match known_output(m, h, op)? {
+            Known::Size(n) => {
+                let short = matches!(cap, OutCap::Buffer(b) if b < n) && KeyMeta::exact_output(op);
+                if cap == OutCap::Query || short {
+                    // A size query, or CKR_BUFFER_TOO_SMALL: the operation stays active.
+                    return out.put(Output::Size(n));
+                }
+            }
+            Known::Ask(key) => fetch = key,
+        }
+    }
+    let uses = step.map_or(OpSet::NONE, Step::uses);
+    let got = m.session_tx(h, uses, fetch, |tx, s| {
+        tx.call(&build(tx, s, cap)).and_then(parse::output)
+    });
+    if let Some(Step::Once(op) | Step::Update(op)) = step {
+        let outcome = got
+            .as_ref()
+            .map(|o| matches!(o, Output::Data(_)))
+            .map_err(|e| *e);
+        if ends_after_output(&outcome, matches!(step, Some(Step::Update(_)))) {
+            m.record(h, Event::Ended(op));
+        }
+    }
+    out.put(got?)
 }
 
 /// A one-input, one-output call (`uayfy` → `ay`): Encrypt, Decrypt, Digest, Sign, the
@@ -50,13 +246,9 @@ pub(crate) fn in_out(
     data: &[u8],
     out: OutBytes<'_>,
 ) -> Result<()> {
-    let cap = out.cap();
-    let got = m.session_call(h, |c, s| {
-        c.connection()
-            .call(&req::data_in_out(c.dialect(), call, s, data, cap))
-            .and_then(parse::output)
-    })?;
-    out.put(got)
+    output_call(m, call, h, out, |tx, s, cap| {
+        req::data_in_out(tx.dialect(), call, s, data, cap)
+    })
 }
 
 /// A final call (`ufy` → `ay`): EncryptFinal, DecryptFinal, DigestFinal, SignFinal.
@@ -66,37 +258,63 @@ pub(crate) fn out_only(
     h: CK_SESSION_HANDLE,
     out: OutBytes<'_>,
 ) -> Result<()> {
-    let cap = out.cap();
-    let got = m.session_call(h, |c, s| {
-        c.connection()
-            .call(&req::data_out(c.dialect(), call, s, cap))
-            .and_then(parse::output)
-    })?;
-    out.put(got)
+    output_call(m, call, h, out, |tx, s, cap| {
+        req::data_out(tx.dialect(), call, s, cap)
+    })
 }
 
 /// A one-input call (`uay`): DigestUpdate, SignUpdate, VerifyUpdate, VerifyFinal, SeedRandom.
 pub(crate) fn in_only(m: &Module, call: CallId, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
-    m.session_call(h, |c, s| {
-        c.connection()
-            .call(&req::data_in(call, s, data))
-            .and_then(parse::unit)
-    })
+    let op = match call {
+        CallId::DigestUpdate => Some(Op::Digest),
+        CallId::SignUpdate => Some(Op::Sign),
+        CallId::VerifyUpdate | CallId::VerifyFinal => Some(Op::Verify),
+        _ => None,
+    };
+    let res = m.session_tx(h, op.map_or(OpSet::NONE, OpSet::of), None, |tx, s| {
+        tx.call(&req::data_in(call, s, data)).and_then(parse::unit)
+    });
+    if let Some(op) = op
+        && (res.is_err() || call == CallId::VerifyFinal)
+    {
+        m.record(h, Event::Ended(op));
+    }
+    res
 }
 
-/// `C_Verify`
+/// `C_Verify` (always ends the operation).
 pub(crate) fn verify(
     m: &Module,
     h: CK_SESSION_HANDLE,
     data: &[u8],
     signature: &[u8],
 ) -> Result<()> {
-    m.session_call(h, |c, s| c.verify(s, data, signature))
+    let res = m.session_tx(h, OpSet::of(Op::Verify), None, |tx, s| {
+        tx.call(&req::verify(s, data, signature))
+            .and_then(parse::unit)
+    });
+    m.record(h, Event::Ended(Op::Verify));
+    res
 }
 
 /// `C_DigestKey`
 pub(crate) fn digest_key(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Result<()> {
-    m.session_call(h, |c, s| c.digest_key(s, key))
+    let res = m.session_tx(h, OpSet::of(Op::Digest), None, |tx, s| {
+        tx.call(&req::digest_key(s, key)).and_then(parse::unit)
+    });
+    if res.is_err() {
+        m.record(h, Event::Ended(Op::Digest));
+    }
+    res
+}
+
+/// Remember object handles the server created for us.
+fn learn(m: &Module, h: CK_SESSION_HANDLE, handles: &[u64]) {
+    if let Ok(place) = m.place(h)
+        && let Ok(mut objects) = m.objects()
+    {
+        objects.learn(place.generation, handles);
+    }
 }
 
 /// `C_GenerateKey`
@@ -107,10 +325,14 @@ pub(crate) fn generate_key(
     template: &[InAttr<'_>],
 ) -> Result<CK_OBJECT_HANDLE> {
     let mech = required(mech)?;
-    m.session_call(h, |c, s| {
-        let t = attrs::to_wire(template, c.dialect()).map_err(|e| local(CallId::GenerateKey, e))?;
-        c.generate_key(s, mech, t)
-    })
+    let key = m.session_tx(h, OpSet::NONE, None, |tx, s| {
+        let t =
+            attrs::to_wire(template, tx.dialect()).map_err(|e| local(CallId::GenerateKey, e))?;
+        tx.call(&req::generate_key(s, mech, t))
+            .and_then(parse::ulong)
+    })?;
+    learn(m, h, &[key]);
+    Ok(key)
 }
 
 /// `C_GenerateKeyPair`: (public, private).
@@ -122,12 +344,15 @@ pub(crate) fn generate_key_pair(
     private: &[InAttr<'_>],
 ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
     let mech = required(mech)?;
-    m.session_call(h, |c, s| {
+    let pair = m.session_tx(h, OpSet::NONE, None, |tx, s| {
         let err = |e| local(CallId::GenerateKeyPair, e);
-        let public = attrs::to_wire(public, c.dialect()).map_err(err)?;
-        let private = attrs::to_wire(private, c.dialect()).map_err(err)?;
-        c.generate_key_pair(s, mech, public, private)
-    })
+        let public = attrs::to_wire(public, tx.dialect()).map_err(err)?;
+        let private = attrs::to_wire(private, tx.dialect()).map_err(err)?;
+        tx.call(&req::generate_key_pair(s, mech, public, private))
+            .and_then(parse::ulong_pair)
+    })?;
+    learn(m, h, &[pair.0, pair.1]);
+    Ok(pair)
 }
 
 /// `C_WrapKey`
@@ -155,10 +380,12 @@ pub(crate) fn unwrap_key(
     template: &[InAttr<'_>],
 ) -> Result<CK_OBJECT_HANDLE> {
     let mech = required(mech)?;
-    m.session_call(h, |c, s| {
+    let key = m.session_call(h, |c, s| {
         let t = attrs::to_wire(template, c.dialect()).map_err(|e| local(CallId::UnwrapKey, e))?;
         c.unwrap_key(s, mech, unwrapping_key, wrapped, t)
-    })
+    })?;
+    learn(m, h, &[key]);
+    Ok(key)
 }
 
 /// `C_DeriveKey` (`C_DeriveKey2` at version 2; a parameter the token writes back is only
@@ -171,10 +398,12 @@ pub(crate) fn derive_key(
     template: &[InAttr<'_>],
 ) -> Result<CK_OBJECT_HANDLE> {
     let mech = required(mech)?;
-    m.session_call(h, |c, s| {
+    let key = m.session_call(h, |c, s| {
         let t = attrs::to_wire(template, c.dialect()).map_err(|e| local(CallId::DeriveKey, e))?;
         Ok(c.derive_key(s, mech, base, t)?.0)
-    })
+    })?;
+    learn(m, h, &[key]);
+    Ok(key)
 }
 
 /// `C_GenerateRandom`: zero bytes succeed without a round trip; large requests are split so

@@ -52,8 +52,26 @@ pub(crate) fn description(m: &Module) -> &'static str {
 }
 
 /// `C_GetSlotList`: reconnects if needed; no server shows no slots.
+///
+/// PKCS#11 §5.5: the set of slots is checked when the list is asked for with a NULL
+/// `pSlotList`; the call that then fills the caller's buffer gets that same list without a
+/// round trip (once; a fill without a count query first asks the server).
 pub(crate) fn slot_list(m: &Module, token_present: bool, out: OutUlongs<'_>) -> Result<()> {
-    let slots = m.slot_call(true, || Ok(Vec::new()), |c| c.client.slots(token_present))?;
+    let query = out.is_count_query();
+    let slots = m.slot_call(
+        true,
+        || Ok(Vec::new()),
+        |c| {
+            if !query && let Some(list) = m.take_slot_list(c.generation, token_present) {
+                return Ok(list);
+            }
+            let list = c.client.slots(token_present)?;
+            if query {
+                m.keep_slot_list(c.generation, token_present, list.clone());
+            }
+            Ok(list)
+        },
+    )?;
     out.put(&slots)
 }
 
@@ -76,7 +94,15 @@ fn no_slot<T>() -> Result<T> {
 pub(crate) fn mechanism_list(m: &Module, slot: CK_SLOT_ID, out: OutUlongs<'_>) -> Result<()> {
     let list = m.slot_call(true, no_slot, |c| {
         let dialect = c.client.dialect();
-        let all = c.client.mechanisms(slot)?;
+        // A token's mechanisms do not change: asked once per connection (issue 7).
+        let all = match m.cached_mechanisms(c.generation, slot) {
+            Some(all) => all,
+            None => {
+                let all = c.client.mechanisms(slot)?;
+                m.keep_mechanisms(c.generation, slot, &all);
+                all
+            }
+        };
         let shown: Vec<u64> = all
             .iter()
             .copied()
@@ -105,7 +131,12 @@ pub(crate) fn mechanism_info(
         if !mech::listed(c.client.dialect(), ty) {
             return Err(local(CallId::GetMechanismInfo, rv(CKR_MECHANISM_INVALID)));
         }
-        c.client.get_mechanism_info(slot, ty)
+        if let Some(info) = m.cached_mechanism_info(c.generation, slot, ty) {
+            return Ok(info);
+        }
+        let info = c.client.get_mechanism_info(slot, ty)?;
+        m.keep_mechanism_info(c.generation, slot, ty, &info);
+        Ok(info)
     })
 }
 

@@ -3,7 +3,7 @@
 
 use cryptoki_sys::{
     CK_FLAGS, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_SLOT_ID, CK_USER_TYPE, CKF_SERIAL_SESSION,
-    CKR_SESSION_PARALLEL_NOT_SUPPORTED, CKR_SLOT_ID_INVALID,
+    CKR_SESSION_PARALLEL_NOT_SUPPORTED, CKR_SLOT_ID_INVALID, CKU_CONTEXT_SPECIFIC,
 };
 use p11fwd_wire::client::{parse, req};
 use p11fwd_wire::info::SessionInfo;
@@ -11,6 +11,7 @@ use p11fwd_wire::message::Request;
 
 use crate::ffi::OutBytes;
 use crate::functions::scrub;
+use crate::pipeline::{Event, OpSet};
 use crate::state::Module;
 use crate::{Result, rv};
 
@@ -32,9 +33,13 @@ pub(crate) fn open_session(
     m.add_session(generation, slot, remote)
 }
 
-/// `C_CloseSession`: our handle is gone afterwards, whatever the server says.
+/// `C_CloseSession`: our handle is gone afterwards, whatever the server says. Deferred
+/// requests are dropped: closing the session ends whatever they would have started.
 pub(crate) fn close_session(m: &Module, h: CK_SESSION_HANDLE) -> Result<()> {
-    let res = m.session_call(h, |c, s| c.close_session(s));
+    m.with_ops(h, |ops, _| drop(ops.take_pending()))?;
+    let res = m.session_tx(h, OpSet::NONE, None, |tx, s| {
+        tx.call(&req::close_session(s)).and_then(parse::unit)
+    });
     m.forget(h);
     res
 }
@@ -51,22 +56,39 @@ pub(crate) fn close_all_sessions(m: &Module, slot: CK_SLOT_ID) -> Result<()> {
 
 /// `C_GetSessionInfo`
 pub(crate) fn session_info(m: &Module, h: CK_SESSION_HANDLE) -> Result<SessionInfo> {
-    m.session_call(h, |c, s| c.get_session_info(s))
+    m.session_tx(h, OpSet::NONE, None, |tx, s| {
+        SessionInfo::from_args(tx.call(&req::get_session_info(s))?).map_err(Into::into)
+    })
 }
 
-/// Send a request that carries a PIN, and wipe our copy afterwards.
-fn secret_call(m: &Module, h: CK_SESSION_HANDLE, build: impl FnOnce(u64) -> Request) -> Result<()> {
-    m.session_call(h, |c, s| {
+/// Send a request that carries a PIN, and wipe our copy afterwards. `uses`: a context-specific
+/// login continues the operation its deferred Init started (its failure is reported here).
+fn secret_call(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    uses: OpSet,
+    build: impl FnOnce(u64) -> Request,
+) -> Result<()> {
+    m.session_tx(h, uses, None, |tx, s| {
         let mut r = build(s);
-        let res = c.connection().call(&r).and_then(parse::unit);
+        let res = tx.call(&r).and_then(parse::unit);
         scrub(&mut r);
         res
     })
 }
 
+/// What a login continues: a context-specific login belongs to the operation just started.
+fn login_uses(user: CK_USER_TYPE) -> OpSet {
+    if user == CKU_CONTEXT_SPECIFIC {
+        OpSet::ALL
+    } else {
+        OpSet::NONE
+    }
+}
+
 /// `C_InitPIN`
 pub(crate) fn init_pin(m: &Module, h: CK_SESSION_HANDLE, pin: Option<&[u8]>) -> Result<()> {
-    secret_call(m, h, |s| req::init_pin(s, pin))
+    secret_call(m, h, OpSet::NONE, |s| req::init_pin(s, pin))
 }
 
 /// `C_SetPIN`
@@ -76,7 +98,7 @@ pub(crate) fn set_pin(
     old: Option<&[u8]>,
     new: Option<&[u8]>,
 ) -> Result<()> {
-    secret_call(m, h, |s| req::set_pin(s, old, new))
+    secret_call(m, h, OpSet::NONE, |s| req::set_pin(s, old, new))
 }
 
 /// `C_Login` (a NULL PIN: the protected authentication path).
@@ -86,7 +108,7 @@ pub(crate) fn login(
     user: CK_USER_TYPE,
     pin: Option<&[u8]>,
 ) -> Result<()> {
-    secret_call(m, h, |s| req::login(s, user, pin))
+    secret_call(m, h, login_uses(user), |s| req::login(s, user, pin))
 }
 
 /// `C_LoginUser` (3.0; `CKR_FUNCTION_NOT_SUPPORTED` against a 0.24 server).
@@ -97,18 +119,25 @@ pub(crate) fn login_user(
     pin: Option<&[u8]>,
     username: &[u8],
 ) -> Result<()> {
-    secret_call(m, h, |s| req::login_user(s, user, pin, username))
+    secret_call(m, h, login_uses(user), |s| {
+        req::login_user(s, user, pin, username)
+    })
 }
 
 /// `C_Logout`
 pub(crate) fn logout(m: &Module, h: CK_SESSION_HANDLE) -> Result<()> {
-    m.session_call(h, |c, s| c.logout(s))
+    m.session_tx(h, OpSet::NONE, None, |tx, s| {
+        tx.call(&req::logout(s)).and_then(parse::unit)
+    })
 }
 
 /// `C_GetOperationState`
 pub(crate) fn operation_state(m: &Module, h: CK_SESSION_HANDLE, out: OutBytes<'_>) -> Result<()> {
     let cap = out.cap();
-    let got = m.session_call(h, |c, s| c.get_operation_state(s, cap))?;
+    let got = m.session_tx(h, OpSet::NONE, None, |tx, s| {
+        tx.call(&req::get_operation_state(tx.dialect(), s, cap))
+            .and_then(parse::output)
+    })?;
     out.put(got)
 }
 
@@ -120,10 +149,18 @@ pub(crate) fn set_operation_state(
     enc_key: CK_OBJECT_HANDLE,
     auth_key: CK_OBJECT_HANDLE,
 ) -> Result<()> {
-    m.session_call(h, |c, s| c.set_operation_state(s, state, enc_key, auth_key))
+    m.session_call(h, |c, s| c.set_operation_state(s, state, enc_key, auth_key))?;
+    // Whatever operations the state held are active now.
+    m.record(h, Event::Unknown);
+    Ok(())
 }
 
 /// `C_SessionCancel` (3.0)
 pub(crate) fn session_cancel(m: &Module, h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
-    m.session_call(h, |c, s| c.session_cancel(s, flags))
+    m.session_tx(h, OpSet::NONE, None, |tx, s| {
+        tx.call(&req::session_cancel(s, flags))
+            .and_then(parse::unit)
+    })?;
+    m.record(h, Event::Cancelled(flags));
+    Ok(())
 }
