@@ -3,13 +3,17 @@
 //! Golden tests: every frame of every capture between stock p11-kit 0.24.1, 0.25.5 and 0.26.4
 //! peers decodes, and re-encodes to the same bytes, in the dialect of the generation that sent
 //! it. Requests are encoded by the client's generation, replies by the server's (rpc §14).
+//!
+//! `vectors/every-call/` holds captures in which a stock client sends every call id of its
+//! generation to a stock server of the same generation (made by `tests/capture/`); the
+//! coverage of those is asserted per generation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use p11fwd_wire::consts::*;
 use p11fwd_wire::frame::{self, Frame, Limits};
-use p11fwd_wire::{Arg, CallId, Dialect, Mechanism, Reply, Request};
+use p11fwd_wire::{Arg, CallId, Dialect, Mechanism, Reply, Request, Rv};
 
 struct Capture {
     name: String,
@@ -114,10 +118,30 @@ fn encode_like_0255(req: &Request) -> Vec<u8> {
 struct Stats {
     requests: usize,
     replies: usize,
-    calls: std::collections::BTreeSet<u32>,
+    calls: BTreeSet<u32>,
 }
 
-fn check(cap: &Capture, client: Dialect, server_gen: &str, stats: &mut Stats) {
+/// What came back for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A normal reply, decoded and re-encoded byte for byte.
+    Reply,
+    /// An ERROR frame, decoded and re-encoded byte for byte.
+    Error(Rv),
+    /// No reply in the capture (the server dropped the connection).
+    Missing,
+    /// A reply no stock client can parse either (the CKA_ALLOWED_MECHANISMS size query).
+    Unparseable,
+}
+
+/// One request of a capture and what came back.
+struct Exchange {
+    code: u32,
+    call: u32,
+    outcome: Outcome,
+}
+
+fn check(cap: &Capture, client: Dialect, server_gen: &str, stats: &mut Stats) -> Vec<Exchange> {
     let server = dialect_of(server_gen);
     let offered = cap.c2s[0];
     let answered = cap.s2c[0];
@@ -136,6 +160,7 @@ fn check(cap: &Capture, client: Dialect, server_gen: &str, stats: &mut Stats) {
         .into_iter()
         .map(|(f, b)| (f.code, (f, b)))
         .collect();
+    let mut exchanges = Vec::new();
     for (f, raw) in frames(&cap.c2s[1..]) {
         assert_eq!(f.to_bytes(), raw, "{}: frame re-encoding", cap.name);
         assert_eq!(f.options, b"client");
@@ -158,7 +183,13 @@ fn check(cap: &Capture, client: Dialect, server_gen: &str, stats: &mut Stats) {
                 cap.name, req.call
             );
         }
+        let mut exchange = Exchange {
+            code: f.code,
+            call: req.call.id(),
+            outcome: Outcome::Missing,
+        };
         let Some((rf, rraw)) = replies.get(&f.code) else {
+            exchanges.push(exchange);
             continue;
         };
         assert_eq!(&rf.to_bytes(), rraw);
@@ -166,46 +197,106 @@ fn check(cap: &Capture, client: Dialect, server_gen: &str, stats: &mut Stats) {
         let decoded = Reply::decode(&rf.body, req.call, server, mech_of(&req));
         let reply = match decoded {
             Ok(r) => r,
-            Err(_) if is_allowed_mechanisms_size_query(&req) => continue,
+            Err(_) if is_allowed_mechanisms_size_query(&req) => {
+                exchange.outcome = Outcome::Unparseable;
+                exchanges.push(exchange);
+                continue;
+            }
             Err(e) => panic!(
                 "{}: reply to {} (code 0x{:x}): {e}",
                 cap.name, req.call, f.code
             ),
         };
         stats.replies += 1;
-        if let Reply::Ok { call, .. } = &reply {
-            stats.calls.insert(call.id());
-        }
+        exchange.outcome = match &reply {
+            Reply::Ok { call, .. } => {
+                stats.calls.insert(call.id());
+                Outcome::Reply
+            }
+            Reply::Error(rv) => Outcome::Error(*rv),
+        };
         let again = reply.encode(server, mech_of(&req)).unwrap();
         assert_eq!(
             again, rf.body,
             "{}: reply to {} re-encoding",
             cap.name, req.call
         );
+        exchanges.push(exchange);
     }
+    exchanges
 }
 
-#[test]
-fn every_captured_frame_round_trips() {
-    let mut stats = Stats::default();
-    let mut files = 0;
+/// A capture file and the generations of its two ends.
+struct Source {
+    path: PathBuf,
+    client: String,
+    server: String,
+}
+
+/// `<client>-to-<server>[.variant]` (every-call files) or `<client>-to-<server>` (directories).
+fn split_pair(name: &str) -> Option<(String, String)> {
+    let (client, rest) = name.split_once("-to-")?;
+    let server = rest.split('.').take(3).collect::<Vec<_>>().join(".");
+    Some((client.to_owned(), server))
+}
+
+/// Every capture: `vectors/<client>-to-<server>/*.jsonl`, `vectors/p11-kit-0.24.1/*.jsonl`
+/// (0.24.1 on both ends) and `vectors/every-call/<client>-to-<server>[.variant].jsonl`.
+fn sources() -> Vec<Source> {
+    let mut out = Vec::new();
+    let jsonl = |dir: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        v.sort();
+        v
+    };
     for dir in std::fs::read_dir(vectors()).unwrap() {
         let dir = dir.unwrap().path();
         if !dir.is_dir() {
             continue;
         }
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let (client, server) = match name.split_once("-to-") {
-            Some((c, s)) => (dialect_of(c), s.to_owned()),
-            None => (Dialect::V0, "0.24.1".to_owned()), // p11-kit-0.24.1/
-        };
-        for f in std::fs::read_dir(&dir).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|e| e == "jsonl") {
-                check(&load(&f), client, &server, &mut stats);
-                files += 1;
+        if name == "every-call" {
+            for path in jsonl(&dir) {
+                let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+                let (client, server) = split_pair(&stem)
+                    .unwrap_or_else(|| panic!("{}: not <c>-to-<s>", path.display()));
+                out.push(Source {
+                    path,
+                    client,
+                    server,
+                });
             }
+            continue;
         }
+        let (client, server) =
+            split_pair(&name).unwrap_or_else(|| ("0.24.1".to_owned(), "0.24.1".to_owned()));
+        for path in jsonl(&dir) {
+            out.push(Source {
+                path,
+                client: client.clone(),
+                server: server.clone(),
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn every_captured_frame_round_trips() {
+    let mut stats = Stats::default();
+    let mut files = 0;
+    for src in sources() {
+        check(
+            &load(&src.path),
+            dialect_of(&src.client),
+            &src.server,
+            &mut stats,
+        );
+        files += 1;
     }
     assert!(files >= 80, "only {files} captures found");
     assert!(stats.requests > 1500, "{} requests", stats.requests);
@@ -216,6 +307,110 @@ fn every_captured_frame_round_trips() {
         42, 43, 44, 45, 62, 63, 64, 89,
     ] {
         assert!(stats.calls.contains(&call), "call {call} not covered");
+    }
+}
+
+/// Issue 2: for each generation, its same-generation `every-call` captures contain every call id
+/// the generation has as a request, and every one of those requests has a reply (normal or
+/// ERROR) that decodes and re-encodes byte for byte.
+///
+/// A stock client uses C_InitToken (9) only at version 0 and C_InitToken2 (88) from 1, and
+/// C_DeriveKey (62) up to version 1 and C_DeriveKey2 (89) at 2 (rpc §2.2), so 0.25.5 and
+/// 0.26.4 need two captures: one at their own version and one (`.fallback-v0`) in which the
+/// relay refused the first connection like a pre-0.24 server and the client reconnected
+/// offering 0.
+#[test]
+fn every_call_id_of_every_generation() {
+    let sources = sources();
+    for (generation, dialect) in [
+        ("0.24.1", Dialect::V0),
+        ("0.25.5", Dialect::V1),
+        ("0.26.4", Dialect::V2),
+    ] {
+        let top = dialect.call_max() - 1;
+        let files: Vec<&Source> = sources
+            .iter()
+            .filter(|s| {
+                s.path.parent().unwrap().ends_with("every-call")
+                    && s.client == generation
+                    && s.server == generation
+            })
+            .collect();
+        let mut negotiated = BTreeSet::new();
+        // call id -> (normal replies, ERROR codes)
+        let mut answered: BTreeMap<u32, (usize, BTreeSet<Rv>)> = BTreeMap::new();
+        for src in &files {
+            let cap = load(&src.path);
+            let version = cap.s2c[0];
+            negotiated.insert(version);
+            let exchanges = check(&cap, dialect, generation, &mut Stats::default());
+            // The version-dependent ids: exactly the ones `Dialect` picks for this version.
+            let ids: BTreeSet<u32> = exchanges.iter().map(|e| e.call).collect();
+            let v = Dialect::from_version(version);
+            for (used, other) in [
+                (v.init_token_call(), [CallId::InitToken, CallId::InitToken2]),
+                (v.derive_key_call(), [CallId::DeriveKey, CallId::DeriveKey2]),
+            ] {
+                assert!(ids.contains(&used.id()), "{}: no {used}", cap.name);
+                for o in other.into_iter().filter(|o| *o != used) {
+                    assert!(
+                        !ids.contains(&o.id()),
+                        "{}: {o} sent at version {version}",
+                        cap.name
+                    );
+                }
+            }
+            for e in exchanges {
+                assert!(
+                    (1..=top).contains(&e.call),
+                    "{}: call id {} is not a {generation} call",
+                    cap.name,
+                    e.call
+                );
+                let entry = answered.entry(e.call).or_default();
+                match e.outcome {
+                    Outcome::Reply => entry.0 += 1,
+                    Outcome::Error(rv) => {
+                        entry.1.insert(rv);
+                    }
+                    Outcome::Missing | Outcome::Unparseable => panic!(
+                        "{}: request 0x{:x} ({}) has no decodable reply: {:?}",
+                        cap.name,
+                        e.code,
+                        CallId::from_u32(e.call).unwrap(),
+                        e.outcome
+                    ),
+                }
+            }
+        }
+        assert!(
+            negotiated.contains(&dialect.version()),
+            "{generation}: no capture at its own version {}",
+            dialect.version()
+        );
+        if dialect.version() > 0 {
+            assert!(
+                negotiated.contains(&0),
+                "{generation}: no capture at version 0"
+            );
+        }
+        let missing: Vec<u32> = (1..=top).filter(|i| !answered.contains_key(i)).collect();
+        assert!(
+            missing.is_empty(),
+            "{generation}: call ids never sent (or never answered): {missing:?}"
+        );
+        // A record for the reader (`cargo test -- --nocapture`): which ids only ever got ERROR.
+        let errors: Vec<String> = answered
+            .iter()
+            .filter(|(_, (ok, _))| *ok == 0)
+            .map(|(id, (_, rvs))| format!("{id}:{rvs:?}"))
+            .collect();
+        eprintln!(
+            "{generation}: ids 1..={top} all sent and answered ({} files, versions {negotiated:?}); \
+             ERROR only: {}",
+            files.len(),
+            errors.join(" ")
+        );
     }
 }
 
