@@ -201,6 +201,12 @@ impl CipherCtx {
         // PKCS#11 wants the ciphertext as long as the modulus.
         let mut ct = vec![0u8; k - input.len()];
         ct.extend_from_slice(input);
+        tracing::debug!(
+            padding = ?self.padding,
+            raw = key.allows(CKM_RSA_X_509),
+            implicit_rejection = self.implicit_rejection,
+            "decrypt"
+        );
         match self.padding {
             RsaPadding::None => {
                 if !key.allows(CKM_RSA_X_509) {
