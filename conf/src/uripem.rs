@@ -59,6 +59,9 @@ pub enum UriPemError {
     /// The URI is not UTF-8 or does not start with `pkcs11:`.
     #[error("the file does not hold a pkcs11: URI")]
     NotAUri,
+    /// The URI given to [`pem_for_uri`] cannot name a key.
+    #[error("{0}")]
+    Uri(String),
 }
 
 fn tlv(tag: u8, content: &[u8], out: &mut Vec<u8>) {
@@ -96,6 +99,37 @@ pub fn encode_pem(uri: &str) -> String {
     }
     out.push_str(&format!("-----END {PEM_LABEL}-----\n"));
     out
+}
+
+/// The URI-PEM file for a key URI, as `p11fwd uri-pem` writes it, and warnings for the user.
+///
+/// The URI must parse, name one object (`object=` and/or `id=`), and be of `type=private` or
+/// have no type (a URI-PEM file stands for a private key file; without a type p11fwd's decoder
+/// looks for a private key). A `pin-value` is allowed (unattended programs may need it) but
+/// warned about: it is then in the file in clear text.
+pub fn pem_for_uri(uri: &str) -> Result<(String, Vec<&'static str>), UriPemError> {
+    let parsed = crate::uri::Pkcs11Uri::parse(uri).map_err(|e| UriPemError::Uri(e.to_string()))?;
+    if parsed.object().is_none() && parsed.id().is_none() {
+        return Err(UriPemError::Uri(
+            "the URI must name a key with object= (its label) or id=".into(),
+        ));
+    }
+    match parsed.object_type() {
+        None | Some(crate::uri::ObjectClass::PrivateKey) => {}
+        Some(_) => {
+            return Err(UriPemError::Uri(
+                "a URI-PEM file names a private key: use type=private or no type".into(),
+            ));
+        }
+    }
+    let mut warnings = Vec::new();
+    if parsed.pin_value().is_some() {
+        warnings.push(
+            "the URI has a pin-value: the PIN is in the file in clear text; prefer \
+             pin-source=file:... or the provider's pkcs11-module-token-pin",
+        );
+    }
+    Ok((encode_pem(uri), warnings))
 }
 
 /// Reads one TLV: (tag, content, rest). Definite lengths only, at most 4 length bytes.
@@ -368,6 +402,28 @@ mod tests {
                 c[i] ^= x;
                 let _ = decode_der(&c);
             }
+        }
+    }
+
+    #[test]
+    fn pem_for_uri_checks_the_uri() {
+        let (pem, warnings) = pem_for_uri(URI).unwrap();
+        assert_eq!(decode_pem(&pem).unwrap(), URI);
+        assert!(warnings.is_empty());
+        let (_, warnings) = pem_for_uri("pkcs11:object=k?pin-value=1234").unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(!warnings[0].contains("1234"));
+        assert!(pem_for_uri("pkcs11:id=%01").is_ok());
+        for bad in [
+            "pkcs11:token=t",
+            "pkcs11:object=k;type=cert",
+            "http://x",
+            "pkcs11:object=%zz",
+        ] {
+            assert!(
+                matches!(pem_for_uri(bad), Err(UriPemError::Uri(_))),
+                "{bad}"
+            );
         }
     }
 

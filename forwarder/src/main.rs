@@ -16,6 +16,31 @@ enum Command {
     List(p11fwd_forwarder::list::ListArgs),
     /// Serve PKCS#11 tokens over the p11-kit RPC protocol (a drop-in for `p11-kit server`).
     Server(p11fwd_forwarder::cli::ServerArgs),
+    /// Write a URI-PEM key file (`-----BEGIN PKCS#11 PROVIDER URI-----`) naming a token key, for
+    /// programs that only load keys from files (curl --key, SSL_CTX_use_PrivateKey_file).
+    UriPem(UriPemArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UriPemArgs {
+    /// The key's pkcs11: URI (type=private or no type).
+    uri: String,
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn uri_pem(args: UriPemArgs) -> anyhow::Result<std::process::ExitCode> {
+    let (pem, warnings) = p11fwd_conf::uripem::pem_for_uri(&args.uri)?;
+    for w in warnings {
+        eprintln!("p11fwd: warning: {w}");
+    }
+    match args.out {
+        Some(path) => std::fs::write(&path, pem)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        None => print!("{pem}"),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn main() -> std::process::ExitCode {
@@ -23,6 +48,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::List(args) => p11fwd_forwarder::list::run(args),
         Command::Server(args) => p11fwd_forwarder::cli::run(args),
+        Command::UriPem(args) => uri_pem(args),
     };
     match result {
         Ok(code) => code,
