@@ -421,7 +421,7 @@ impl Token {
         })
     }
 
-    fn record_login(
+    pub(crate) fn record_login(
         &self,
         result: &Result<Vec<Arg>, p11fwd_wire::Error>,
         pin: Option<&Zeroizing<String>>,
@@ -567,7 +567,29 @@ impl Link {
         session: u64,
         handles: &[u64],
     ) -> Result<Vec<ObjectAttrs>, Error> {
+        self.attributes_and(session, handles, None)
+    }
+
+    /// [`Link::attributes`], with `last` sent in the same write (its reply is only logged).
+    pub(crate) fn attributes_then(
+        &self,
+        session: u64,
+        handles: &[u64],
+        last: Request,
+    ) -> Result<Vec<ObjectAttrs>, Error> {
+        self.attributes_and(session, handles, Some(last))
+    }
+
+    fn attributes_and(
+        &self,
+        session: u64,
+        handles: &[u64],
+        last: Option<Request>,
+    ) -> Result<Vec<ObjectAttrs>, Error> {
         if handles.is_empty() {
+            if let Some(last) = last {
+                let _ = self.batch(&[last]);
+            }
             return Ok(Vec::new());
         }
         let template = || {
@@ -580,11 +602,16 @@ impl Link {
                 })
                 .collect::<Vec<_>>()
         };
-        let batch: Vec<Request> = handles
+        let mut batch: Vec<Request> = handles
             .iter()
             .map(|&h| req::get_attribute_value(session, h, template()))
             .collect();
-        let replies = self.batch(&batch);
+        let has_last = last.is_some();
+        batch.extend(last);
+        let mut replies = self.batch(&batch);
+        if has_last && let Some(Err(e)) = replies.pop() {
+            tracing::debug!(error = %e, "the call after the attribute reads failed");
+        }
         let mut out = Vec::with_capacity(handles.len());
         for (&handle, reply) in handles.iter().zip(replies) {
             let attrs = match reply {

@@ -2,7 +2,10 @@
 //! also shows the key's exact `pkcs11:` URI. Private material is never encoded: there is no
 //! PrivateKeyInfo encoder, and the text form of a private key shows its public part only.
 
+use p11fwd_conf::uripem;
+
 use crate::der;
+use crate::error::Error;
 use crate::key::{Key, KeyKind, PublicMaterial};
 
 /// The output an encoder algorithm produces.
@@ -11,15 +14,32 @@ pub(crate) enum Output {
     SpkiDer,
     SpkiPem,
     Text,
+    /// "PrivateKeyInfo" of a token key: the URI-PEM file (pkcs11-provider's format), never
+    /// key material.
+    UriPem,
+    /// The same as DER.
+    UriDer,
 }
 
 /// Encodes `key`.
-pub(crate) fn encode(key: &Key, output: Output) -> Vec<u8> {
-    match output {
+pub(crate) fn encode(key: &Key, output: Output) -> Result<Vec<u8>, Error> {
+    Ok(match output {
         Output::SpkiDer => key.spki(),
         Output::SpkiPem => der::pem("PUBLIC KEY", &key.spki()).into_bytes(),
         Output::Text => text(key).into_bytes(),
-    }
+        Output::UriPem | Output::UriDer => {
+            if !key.has_private() || !key.is_on_token() {
+                return Err(Error::Unsupported(
+                    "a private key file for a key that is not a private key on the token",
+                ));
+            }
+            if output == Output::UriPem {
+                uripem::encode_pem(&key.uri).into_bytes()
+            } else {
+                uripem::encode_der(&key.uri)
+            }
+        }
+    })
 }
 
 fn hex_block(out: &mut String, bytes: &[u8]) {
@@ -55,7 +75,9 @@ pub(crate) fn text(key: &Key) -> String {
             ""
         }
     ));
-    out.push_str(&format!("URI {}\n", key.uri));
+    if key.is_on_token() {
+        out.push_str(&format!("URI {}\n", key.uri));
+    }
     match (&key.public, key.kind) {
         (PublicMaterial::Rsa { n, e }, _) => {
             out.push_str(&format!("Public-Key: ({} bit)\nModulus:\n", key.bits()));

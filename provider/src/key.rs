@@ -888,6 +888,43 @@ pub(crate) mod registry {
             .cloned()
     }
 
+    fn errors() -> &'static Mutex<HashMap<u64, Error>> {
+        static MAP: OnceLock<Mutex<HashMap<u64, Error>>> = OnceLock::new();
+        MAP.get_or_init(|| Mutex::new(HashMap::new()))
+    }
+
+    /// Registers an error as a key reference, for a decoder whose failure OpenSSL would
+    /// otherwise swallow: the keymgmt's `load` of this reference raises it ([`take_error`]),
+    /// where OpenSSL keeps it for the user.
+    pub(crate) fn register_error(e: Error) -> [u8; 16] {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut map = errors()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Errors nobody loaded are not kept forever.
+        if map.len() > 64 {
+            map.clear();
+        }
+        map.insert(n, e);
+        let mut reference = [0u8; 16];
+        reference[..8].copy_from_slice(&n.to_le_bytes());
+        reference[8..].copy_from_slice(&(!tag()).to_le_bytes());
+        reference
+    }
+
+    /// The error behind a reference made by [`register_error`].
+    pub(crate) fn take_error(reference: &[u8]) -> Option<Error> {
+        let (n, t) = reference.split_at_checked(8)?;
+        if t != (!tag()).to_le_bytes() {
+            return None;
+        }
+        let n = u64::from_le_bytes(n.try_into().ok()?);
+        errors()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&n)
+    }
+
     /// Forgets a key (keys already loaded keep their own reference).
     pub(crate) fn unregister(n: u64) {
         map()

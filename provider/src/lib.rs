@@ -33,11 +33,13 @@ mod trace;
 
 mod backend;
 mod cipher;
+mod decoder;
 mod der;
 mod encoder;
 mod exchange;
 mod hash;
 mod key;
+mod keygen;
 mod rsa_pad;
 mod signature;
 mod store;

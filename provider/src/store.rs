@@ -118,6 +118,17 @@ impl StoreCtx {
         self.alias = Some(alias.to_owned());
     }
 
+    /// Everything the search finds, at once; the keys stay registered after this context is
+    /// dropped (the caller owns the registrations: the numbers in [`Found::Key`]).
+    pub(crate) fn all(mut self, prompt: &mut dyn PinPrompt) -> Result<Vec<Found>, Error> {
+        let mut out = Vec::new();
+        while let Some(found) = self.next(prompt)? {
+            out.push(found);
+        }
+        self.registered.clear();
+        Ok(out)
+    }
+
     /// `OSSL_FUNC_store_eof`.
     pub(crate) fn eof(&self) -> bool {
         self.failed || self.results.as_ref().is_some_and(VecDeque::is_empty)

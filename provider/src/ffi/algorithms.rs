@@ -7,7 +7,7 @@
 use core::ffi::c_int;
 
 use crate::ffi::dispatch::{AlgorithmTable, algorithm, algorithm_table};
-use crate::ffi::{asym_cipher, digest, encoder, exchange, keymgmt, signature, store};
+use crate::ffi::{asym_cipher, decoder, digest, encoder, exchange, keymgmt, signature, store};
 use crate::provider::PROPERTIES;
 use crate::sys;
 
@@ -144,12 +144,25 @@ macro_rules! encoders {
                     $short,
                 ),
                 algorithm($names, c"provider=p11fwd,output=text", &encoder::TEXT_FUNCTIONS, $short),
+                algorithm(
+                    $names,
+                    c"provider=p11fwd,output=pem,structure=PrivateKeyInfo",
+                    &encoder::URI_PEM_FUNCTIONS,
+                    $short,
+                ),
+                algorithm(
+                    $names,
+                    c"provider=p11fwd,output=der,structure=PrivateKeyInfo",
+                    &encoder::URI_DER_FUNCTIONS,
+                    $short,
+                ),
             )*
         ]
     };
 }
 
-/// `OSSL_OP_ENCODER`: public keys only.
+/// `OSSL_OP_ENCODER`: public keys (SubjectPublicKeyInfo, text) and, as "PrivateKeyInfo", the
+/// URI-PEM file of a token key (no key material).
 static ENCODER: AlgorithmTable = encoders![
     c"RSA:rsaEncryption:1.2.840.113549.1.1.1" / c"p11fwd RSA public key",
     c"RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10" / c"p11fwd RSA-PSS public key",
@@ -188,8 +201,57 @@ static KEYEXCH: AlgorithmTable = algorithm_table![
         c"p11fwd X448 on the token"
     ),
 ];
-/// `OSSL_OP_DECODER` (issue 6: URI-PEM files).
-static DECODER: AlgorithmTable = algorithm_table![];
+/// `OSSL_OP_DECODER`: pkcs11-provider's URI-PEM files (PEM to DER, then DER to a token key).
+static DECODER: AlgorithmTable = algorithm_table![
+    algorithm(
+        c"DER",
+        c"provider=p11fwd,input=pem",
+        &decoder::PEM_FUNCTIONS,
+        c"p11fwd: PKCS#11 PROVIDER URI PEM blocks"
+    ),
+    algorithm(
+        c"RSA:rsaEncryption:1.2.840.113549.1.1.1",
+        c"provider=p11fwd,input=der,structure=pk11-uri",
+        &decoder::RSA_FUNCTIONS,
+        c"p11fwd: RSA token key from a URI-PEM file"
+    ),
+    algorithm(
+        c"RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10",
+        c"provider=p11fwd,input=der,structure=pk11-uri",
+        &decoder::RSA_PSS_FUNCTIONS,
+        c"p11fwd: RSA-PSS token key from a URI-PEM file"
+    ),
+    algorithm(
+        c"EC:id-ecPublicKey:1.2.840.10045.2.1",
+        c"provider=p11fwd,input=der,structure=pk11-uri",
+        &decoder::EC_FUNCTIONS,
+        c"p11fwd: EC token key from a URI-PEM file"
+    ),
+    algorithm(
+        c"ED25519:1.3.101.112",
+        c"provider=p11fwd,input=der,structure=pk11-uri",
+        &decoder::ED25519_FUNCTIONS,
+        c"p11fwd: Ed25519 token key from a URI-PEM file"
+    ),
+    algorithm(
+        c"ED448:1.3.101.113",
+        c"provider=p11fwd,input=der,structure=pk11-uri",
+        &decoder::ED448_FUNCTIONS,
+        c"p11fwd: Ed448 token key from a URI-PEM file"
+    ),
+    algorithm(
+        c"X25519:1.3.101.110",
+        c"provider=p11fwd,input=der,structure=pk11-uri",
+        &decoder::X25519_FUNCTIONS,
+        c"p11fwd: X25519 token key from a URI-PEM file"
+    ),
+    algorithm(
+        c"X448:1.3.101.111",
+        c"provider=p11fwd,input=der,structure=pk11-uri",
+        &decoder::X448_FUNCTIONS,
+        c"p11fwd: X448 token key from a URI-PEM file"
+    ),
+];
 
 /// The table for `operation_id`, `None` for operations p11fwd never implements.
 pub(crate) fn for_operation(operation_id: c_int) -> Option<&'static AlgorithmTable> {

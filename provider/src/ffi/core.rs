@@ -20,6 +20,8 @@ pub(crate) struct Core {
     get_params: sys::OSSL_FUNC_core_get_params_fn,
     get_libctx: sys::OSSL_FUNC_core_get_libctx_fn,
     bio_write: sys::OSSL_FUNC_BIO_write_ex_fn,
+    bio_read: sys::OSSL_FUNC_BIO_read_ex_fn,
+    bio_gets: sys::OSSL_FUNC_BIO_gets_fn,
 }
 
 // SAFETY: the handle is the core's `OSSL_PROVIDER`, valid until our teardown returns, and the
@@ -53,12 +55,16 @@ impl Core {
             ));
         }
         let bio_write = core_upcall!(dispatch, BIO_write_ex);
+        let bio_read = core_upcall!(dispatch, BIO_read_ex);
+        let bio_gets = core_upcall!(dispatch, BIO_gets);
         Ok(Self {
             handle,
             dispatch,
             get_params,
             get_libctx,
             bio_write,
+            bio_read,
+            bio_gets,
         })
     }
 
@@ -93,6 +99,73 @@ impl Core {
             return Err(Error::Internal("BIO_write_ex failed"));
         }
         Ok(())
+    }
+
+    /// Reads everything left in a core BIO (`BIO_read_ex` upcall), at most `limit` bytes, for
+    /// decoders.
+    ///
+    /// # Safety
+    ///
+    /// `bio` is the `OSSL_CORE_BIO *` the core passed to the current decoder call.
+    pub(crate) unsafe fn bio_read_all(
+        &self,
+        bio: *mut sys::OSSL_CORE_BIO,
+        limit: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let read = self
+            .bio_read
+            .ok_or(Error::Internal("the core offers no BIO_read_ex"))?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while out.len() < limit {
+            let mut n = 0usize;
+            // SAFETY: `bio` is the core's BIO for this call; `buf` is writable for its length;
+            // `n` is a local out-parameter.
+            let ok = unsafe { read(bio, buf.as_mut_ptr().cast(), buf.len(), &mut n) };
+            if ok != 1 || n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n.min(buf.len())]);
+        }
+        Ok(out)
+    }
+
+    /// Reads one line (with its `\n`, if any) from a core BIO: `BIO_gets` when the core offers
+    /// it, else one byte at a time, so that nothing after the line is consumed. Empty at the end.
+    ///
+    /// # Safety
+    ///
+    /// `bio` is the `OSSL_CORE_BIO *` the core passed to the current decoder call.
+    pub(crate) unsafe fn bio_line(&self, bio: *mut sys::OSSL_CORE_BIO) -> Result<Vec<u8>, Error> {
+        const MAX: usize = 8192;
+        if let Some(gets) = self.bio_gets {
+            let mut buf = vec![0u8; MAX + 1];
+            // SAFETY: `bio` is the core's BIO; `buf` has MAX + 1 writable bytes (room for the NUL).
+            let n = unsafe { gets(bio, buf.as_mut_ptr().cast(), (MAX + 1) as core::ffi::c_int) };
+            if n <= 0 {
+                return Ok(Vec::new());
+            }
+            buf.truncate((n as usize).min(MAX));
+            return Ok(buf);
+        }
+        let read = self
+            .bio_read
+            .ok_or(Error::Internal("the core offers no BIO_read_ex"))?;
+        let mut line = Vec::new();
+        while line.len() < MAX {
+            let mut b = 0u8;
+            let mut n = 0usize;
+            // SAFETY: as above, one writable byte.
+            let ok = unsafe { read(bio, (&raw mut b).cast(), 1, &mut n) };
+            if ok != 1 || n == 0 {
+                break;
+            }
+            line.push(b);
+            if b == b'\n' {
+                break;
+            }
+        }
+        Ok(line)
     }
 
     /// `core_get_libctx`.

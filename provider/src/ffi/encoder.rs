@@ -43,6 +43,8 @@ macro_rules! encoder_table {
 encoder_table!(SPKI_DER_FUNCTIONS, newctx_der, does_public);
 encoder_table!(SPKI_PEM_FUNCTIONS, newctx_pem, does_public);
 encoder_table!(TEXT_FUNCTIONS, newctx_text, does_any);
+encoder_table!(URI_PEM_FUNCTIONS, newctx_uri_pem, does_private);
+encoder_table!(URI_DER_FUNCTIONS, newctx_uri_der, does_private);
 
 macro_rules! newctx {
     ($name:ident, $output:expr) => {
@@ -60,6 +62,15 @@ macro_rules! newctx {
 newctx!(newctx_der, Output::SpkiDer);
 newctx!(newctx_pem, Output::SpkiPem);
 newctx!(newctx_text, Output::Text);
+newctx!(newctx_uri_pem, Output::UriPem);
+newctx!(newctx_uri_der, Output::UriDer);
+
+entry! {
+    /// `OSSL_FUNC_encoder_does_selection` for PrivateKeyInfo (the URI-PEM file).
+    fn does_private(_provctx: *mut c_void, selection: c_int) -> c_int {
+        Ok(c_int::from(selection & sys::OSSL_KEYMGMT_SELECT_PRIVATE_KEY as c_int != 0))
+    }
+}
 
 entry! {
     /// `OSSL_FUNC_encoder_does_selection` for SubjectPublicKeyInfo.
@@ -112,14 +123,13 @@ entry! {
     ) -> c_int {
         // SAFETY: our encoder ctx.
         let ctx = unsafe { EncoderCtx::borrow(ctx) }?;
-        if ctx.output != Output::Text
-            && selection & sys::OSSL_KEYMGMT_SELECT_PUBLIC_KEY as c_int == 0
-        {
+        let public_output = matches!(ctx.output, Output::SpkiDer | Output::SpkiPem);
+        if public_output && selection & sys::OSSL_KEYMGMT_SELECT_PUBLIC_KEY as c_int == 0 {
             return Err(Error::Unsupported("encoding private key material"));
         }
         // SAFETY: the core passes the keydata of a key of our keymgmt (or NULL).
         let key = unsafe { Key::borrow(obj_raw.cast_mut()) }?;
-        let bytes = encode(key, ctx.output);
+        let bytes = encode(key, ctx.output)?;
         // SAFETY: `out` is the core's BIO for this call.
         unsafe { ctx.provctx.core().bio_write(out, &bytes) }?;
         Ok(1)

@@ -1,26 +1,34 @@
 //! KEYMGMT for token keys: RSA, RSA-PSS, EC, ED25519, ED448, X25519, X448.
 //!
-//! Keys come only from the store (`load` of a reference); `has`, `match`, `get_params` and the
-//! export of **public** parts (so that OpenSSL can verify and encrypt in software, and compare
-//! with keys from files). There is no `new`/`import`/`gen`: a key from elsewhere is never copied
-//! onto the token.
+//! Token keys come from the store (`load` of a reference) or are generated on the token (`gen`,
+//! `crate::keygen`); `has`, `match`, `get_params` and the export of **public** parts (so that
+//! OpenSSL can verify and encrypt in software, and compare with keys from files). `new` +
+//! `import` take **public** keys only (the ECDH peer key, keys from files that OpenSSL hands to
+//! p11fwd for verification): a private key from elsewhere is refused, so it stays with its own
+//! provider and is never copied onto the token.
 
 use core::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 
 use crate::error::Error;
 use crate::ffi::boundary::entry;
-use crate::ffi::cast::{ArcCastable, Castable, bytes};
+use crate::ffi::cast::{ArcCastable, BoxCastable, Castable, bytes};
 use crate::ffi::dispatch::{DispatchTable, dispatch_table};
 use crate::ffi::params::{ParamBuilder, ParamTable, Params, ParamsMut, param_table};
 use crate::key::{Curve, Key, KeyKind, PublicMaterial, registry};
+use crate::keygen::GenCtx;
 use crate::provider::ProvCtx;
 use crate::sys::{self, OSSL_CALLBACK, OSSL_PARAM};
 
 macro_rules! keymgmt_table {
-    ($name:ident, $query:ident, $gettable:ident, $export_types:ident, $new:ident, $import:ident) => {
+    ($name:ident, $query:ident, $gettable:ident, $export_types:ident, $new:ident, $import:ident, $gen_init:ident) => {
         pub(crate) static $name: DispatchTable = dispatch_table![
             keymgmt_new => $new,
+            keymgmt_gen_init => $gen_init,
+            keymgmt_gen_set_params => p11fwd_keymgmt_gen_set_params,
+            keymgmt_gen_settable_params => p11fwd_keymgmt_gen_settable_params,
+            keymgmt_gen => p11fwd_keymgmt_gen,
+            keymgmt_gen_cleanup => p11fwd_keymgmt_gen_cleanup,
             keymgmt_free => p11fwd_keymgmt_free,
             keymgmt_load => p11fwd_keymgmt_load,
             keymgmt_has => p11fwd_keymgmt_has,
@@ -42,7 +50,8 @@ keymgmt_table!(
     gettable_rsa,
     export_types_rsa,
     new_rsa,
-    import_rsa
+    import_rsa,
+    gen_init_rsa
 );
 keymgmt_table!(
     RSA_PSS_FUNCTIONS,
@@ -50,7 +59,8 @@ keymgmt_table!(
     gettable_rsa,
     export_types_rsa,
     new_rsa_pss,
-    import_rsa_pss
+    import_rsa_pss,
+    gen_init_rsa_pss
 );
 keymgmt_table!(
     EC_FUNCTIONS,
@@ -58,7 +68,8 @@ keymgmt_table!(
     gettable_ec,
     export_types_ec,
     new_ec,
-    import_ec
+    import_ec,
+    gen_init_ec
 );
 keymgmt_table!(
     ED25519_FUNCTIONS,
@@ -66,7 +77,8 @@ keymgmt_table!(
     gettable_raw,
     export_types_raw,
     new_ed25519,
-    import_ed25519
+    import_ed25519,
+    gen_init_ed25519
 );
 keymgmt_table!(
     ED448_FUNCTIONS,
@@ -74,7 +86,8 @@ keymgmt_table!(
     gettable_raw,
     export_types_raw,
     new_ed448,
-    import_ed448
+    import_ed448,
+    gen_init_ed448
 );
 keymgmt_table!(
     X25519_FUNCTIONS,
@@ -82,7 +95,8 @@ keymgmt_table!(
     gettable_raw,
     export_types_raw,
     new_x25519,
-    import_x25519
+    import_x25519,
+    gen_init_x25519
 );
 keymgmt_table!(
     X448_FUNCTIONS,
@@ -90,7 +104,8 @@ keymgmt_table!(
     gettable_raw,
     export_types_raw,
     new_x448,
-    import_x448
+    import_x448,
+    gen_init_x448
 );
 
 /// What `new` makes before `import` fills it in: the kind, no public material yet.
@@ -138,6 +153,114 @@ new_and_import!(new_ed25519, import_ed25519, KeyKind::Ed25519);
 new_and_import!(new_ed448, import_ed448, KeyKind::Ed448);
 new_and_import!(new_x25519, import_x25519, KeyKind::X25519);
 new_and_import!(new_x448, import_x448, KeyKind::X448);
+
+/// `pkcs11_uri` (generation parameter, pkcs11-provider's name): where and under which label/id
+/// to create the key.
+pub(crate) const GEN_URI: &core::ffi::CStr = c"pkcs11_uri";
+/// `pkcs11_key_usage` (pkcs11-provider's name): space-separated X.509 key usages.
+pub(crate) const GEN_KEY_USAGE: &core::ffi::CStr = c"pkcs11_key_usage";
+
+static GEN_SETTABLE: ParamTable = param_table![
+    (GEN_URI, Utf8String),
+    (GEN_KEY_USAGE, Utf8String),
+    (sys::OSSL_PKEY_PARAM_RSA_BITS, UnsignedInteger),
+    (sys::OSSL_PKEY_PARAM_RSA_PRIMES, UnsignedInteger),
+    (sys::OSSL_PKEY_PARAM_RSA_E, UnsignedInteger),
+    (sys::OSSL_PKEY_PARAM_GROUP_NAME, Utf8String),
+    (sys::OSSL_PKEY_PARAM_EC_ENCODING, Utf8String),
+    (sys::OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, Utf8String),
+];
+
+macro_rules! gen_init {
+    ($name:ident, $kind:expr) => {
+        entry! {
+            /// `OSSL_FUNC_keymgmt_gen_init`: key pairs on the token only.
+            fn $name(provctx: *mut c_void, selection: c_int, params: *const OSSL_PARAM) -> *mut c_void {
+                // SAFETY: the core passes our provctx, live until teardown.
+                let provctx = unsafe { ProvCtx::clone_arc(provctx) }?;
+                if selection & sys::OSSL_KEYMGMT_SELECT_KEYPAIR as c_int == 0 {
+                    return Err(Error::Unsupported(
+                        "generating parameters only (p11fwd generates key pairs on the token)",
+                    ));
+                }
+                let mut ctx = GenCtx::new(provctx, $kind);
+                // SAFETY: the caller's END-terminated array, valid for this call.
+                gen_set_params(&mut ctx, unsafe { Params::from_ptr(params) })?;
+                Ok(ctx.into_raw())
+            }
+        }
+    };
+}
+
+gen_init!(gen_init_rsa, KeyKind::Rsa);
+gen_init!(gen_init_rsa_pss, KeyKind::RsaPss);
+gen_init!(gen_init_ec, KeyKind::Ec(Curve::P256));
+gen_init!(gen_init_ed25519, KeyKind::Ed25519);
+gen_init!(gen_init_ed448, KeyKind::Ed448);
+gen_init!(gen_init_x25519, KeyKind::X25519);
+gen_init!(gen_init_x448, KeyKind::X448);
+
+fn gen_set_params(ctx: &mut GenCtx, params: Params<'_>) -> Result<(), Error> {
+    for p in params.iter() {
+        let k = p.key();
+        if k == GEN_URI {
+            ctx.uri = Some(p.utf8()?.to_owned());
+        } else if k == GEN_KEY_USAGE {
+            ctx.key_usage = Some(p.utf8()?.to_owned());
+        } else if k == sys::OSSL_PKEY_PARAM_RSA_BITS {
+            ctx.bits = p.size_t()?;
+        } else if k == sys::OSSL_PKEY_PARAM_RSA_PRIMES {
+            if p.size_t()? != 2 {
+                return Err(Error::Unsupported("multi-prime RSA keys"));
+            }
+        } else if k == sys::OSSL_PKEY_PARAM_RSA_E {
+            ctx.exponent = p.biguint_be()?;
+        } else if k == sys::OSSL_PKEY_PARAM_GROUP_NAME {
+            ctx.curve = Some(
+                Curve::from_group_name(p.utf8()?)
+                    .ok_or(Error::Unsupported("this EC group (P-256, P-384, P-521)"))?,
+            );
+        }
+    }
+    Ok(())
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_gen_set_params`
+    fn p11fwd_keymgmt_gen_set_params(genctx: *mut c_void, params: *const OSSL_PARAM) -> c_int {
+        // SAFETY: our gen ctx, not used concurrently.
+        let ctx = unsafe { GenCtx::borrow_mut(genctx) }?;
+        // SAFETY: the caller's END-terminated array.
+        gen_set_params(ctx, unsafe { Params::from_ptr(params) })?;
+        Ok(1)
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_gen_settable_params`
+    fn p11fwd_keymgmt_gen_settable_params(_genctx: *mut c_void, _provctx: *mut c_void) -> *const OSSL_PARAM {
+        Ok(GEN_SETTABLE.as_ptr())
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_gen`: creates the pair on the token.
+    fn p11fwd_keymgmt_gen(genctx: *mut c_void, _cb: OSSL_CALLBACK, _cbarg: *mut c_void) -> *mut c_void {
+        // SAFETY: our gen ctx, not used concurrently.
+        let ctx = unsafe { GenCtx::borrow_mut(genctx) }?;
+        let key = ctx.generate()?;
+        Ok(Key::arc_into_raw(Arc::new(key)))
+    }
+}
+
+entry! {
+    /// `OSSL_FUNC_keymgmt_gen_cleanup`
+    fn p11fwd_keymgmt_gen_cleanup(genctx: *mut c_void) {
+        // SAFETY: the core hands the ctx back once.
+        drop(unsafe { GenCtx::from_raw(genctx) });
+        Ok(())
+    }
+}
 
 /// Fills a `new` key from exported public parameters. `Ok(false)` (import refused) for private
 /// keys and for selections without a public key.
@@ -264,6 +387,9 @@ entry! {
     fn p11fwd_keymgmt_load(reference: *const c_void, reference_sz: usize) -> *mut c_void {
         // SAFETY: the reference bytes the store handed out, valid for this call.
         let reference = unsafe { bytes(reference.cast(), reference_sz, "reference") }?;
+        if let Some(e) = registry::take_error(reference) {
+            return Err(e);
+        }
         let key = registry::lookup(reference)
             .ok_or(Error::NoMatch("a key reference that is not (or no longer) ours".into()))?;
         Ok(Key::arc_into_raw(key))

@@ -22,6 +22,7 @@ pub(crate) mod boundary;
 pub(crate) mod cast;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod core;
+pub(crate) mod decoder;
 pub(crate) mod digest;
 #[allow(dead_code, reason = "toolkit for the operation modules; unit-tested")]
 pub(crate) mod dispatch;

@@ -63,6 +63,10 @@ entry! {
         // SAFETY: the core passes back the provctx from `init` exactly once, and never uses it
         // afterwards.
         let ctx = unsafe { ProvCtx::arc_from_raw(provctx) };
+        if let Some(ctx) = &ctx {
+            // Cached URI-PEM searches hold keys (and so this provctx) in the key registry.
+            crate::decoder::forget(ctx);
+        }
         tracing::debug!(
             references = ctx.as_ref().map(Arc::strong_count),
             "p11fwd provider teardown"

@@ -87,9 +87,9 @@ entry! {
 }
 
 /// The application's passphrase callback, then OpenSSL's UI.
-struct CallbackPrompt {
-    cb: OSSL_PASSPHRASE_CALLBACK,
-    arg: *mut c_void,
+pub(crate) struct CallbackPrompt {
+    pub(crate) cb: OSSL_PASSPHRASE_CALLBACK,
+    pub(crate) arg: *mut c_void,
 }
 
 impl PinPrompt for CallbackPrompt {
