@@ -56,6 +56,7 @@ impl TlsServer {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!(
                         "s_server did not start: {}",
                         std::fs::read_to_string(&log).unwrap_or_default()
