@@ -4,6 +4,7 @@
 #   make build     cargo build --workspace
 #   make test      deps, fmt check, clippy, build, tests (cargo-nextest if present)
 #   make demo      deps, build, scripts/demo.sh
+#   make bench     deps, release build, the benchmark harness (writes docs/benchmarks.*)
 #   make dist      release build laid out as an install tree in dist/
 #   make install   install that tree under $(PREFIX) (default /usr/local)
 #   make clean
@@ -46,7 +47,7 @@ DEB_PACKAGES := \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: all deps build test check-fmt clippy nextest demo dist install uninstall clean
+.PHONY: all deps build test check-fmt clippy nextest demo bench dist install uninstall clean
 
 all: build
 
@@ -91,6 +92,15 @@ test: deps
 
 demo: deps build
 	./scripts/demo.sh
+
+# The benchmark harness (docs/benchmarks.md): every stack and workload at 0 and 10 ms one-way
+# delay, the forwarder alone, pass/fail per target. Release build; the SoftHSM fixture's
+# provisioning helper comes from the debug build. BENCH_ARGS=--quick for a short run,
+# BENCH_ARGS=--no-write to leave docs/ alone.
+bench: deps
+	$(CARGO) build --workspace --release
+	$(CARGO) build -p p11fwd-tests --bin p11fwd-test-token
+	$(RELEASE_DIR)/p11fwd-bench $(BENCH_ARGS)
 
 dist:
 	$(CARGO) build --workspace --release
