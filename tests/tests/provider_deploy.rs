@@ -175,7 +175,10 @@ fn pki(env: &Env, cnf: &Path, key_pem: &Path) -> Pki {
 
 /// `openssl s_server -Verify 1 -www` with a software key; returns (child, port, log). The
 /// caller waits for the child (it exits after one connection).
-#[allow(clippy::zombie_processes, reason = "the caller waits for the returned child")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the caller waits for the returned child"
+)]
 fn s_server(env: &Env, pki: &Pki) -> (std::process::Child, u16, PathBuf) {
     let log = env.path("s_server.log");
     let mut cmd = env.openssl_cmd(&[
