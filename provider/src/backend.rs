@@ -43,6 +43,8 @@ pub(crate) const TIMEOUT_ENV: &str = "P11FWD_TIMEOUT";
 const MAX_SPECULATIVE_SESSIONS: usize = 8;
 /// Idle sessions kept per token.
 const MAX_IDLE_SESSIONS: usize = 8;
+/// How often a transiently failing `C_GetTokenInfo` is asked again when connecting.
+const TOKEN_INFO_RETRIES: u32 = 3;
 /// Object handles asked for per `C_FindObjects`.
 const FIND_BATCH: u32 = 256;
 
@@ -235,7 +237,20 @@ impl Backend {
         // Dropping an inherited connection leaves the parent's socket alone (wire's Drop).
         *slot = None;
         let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
-        let link = Arc::new(self.connect(epoch)?);
+        let mut link = self.connect(epoch)?;
+        // No token at all: maybe one that several processes share was being written when this
+        // connection's server process looked (a stock server filters its slots once, through
+        // C_GetTokenInfo, which then fails): a new connection looks again.
+        for attempt in 1..=TOKEN_INFO_RETRIES {
+            if !link.tokens.is_empty() {
+                break;
+            }
+            tracing::debug!(attempt, "no token behind this connection; connecting again");
+            link.client.connection().close();
+            std::thread::sleep(Duration::from_millis(25 * u64::from(attempt)));
+            link = self.connect(epoch)?;
+        }
+        let link = Arc::new(link);
         *slot = Some(Arc::clone(&link));
         Ok(link)
     }
@@ -278,52 +293,79 @@ impl Backend {
         };
         // Round trip 3: token info, mechanisms and a first session for every slot.
         let speculative = slots.len() <= MAX_SPECULATIVE_SESSIONS;
-        let mut batch = Vec::new();
-        for &slot in &slots {
-            batch.push(req::get_token_info(slot));
-            batch.push(req::get_mechanism_list(slot, OutCap::Buffer(512)));
-            if speculative {
-                batch.push(req::open_session(slot, CKF_SERIAL_SESSION));
-            }
-        }
-        let mut replies = c.call_batch(&batch).into_iter();
         let mut tokens = Vec::new();
-        for &slot in &slots {
-            let info = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
-            let mechs = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
-            let session = if speculative { replies.next() } else { None };
-            let info = match info {
-                Ok(args) => TokenInfo::from_args(args).map_err(p11fwd_wire::Error::from)?,
-                Err(e) if !e.is_fatal() => {
-                    tracing::debug!(slot, cause = %e, "skipping slot");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let mechanisms = match mechs.and_then(parse::ulong_output) {
-                Ok(UlongOutput::Data(v)) => v,
-                Ok(UlongOutput::Size(_)) => client.mechanisms(slot)?,
-                Err(p11fwd_wire::Error::Rv { rv, .. }) if rv.0 == CKR_BUFFER_TOO_SMALL => {
-                    client.mechanisms(slot)?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let mut state = TokenState::default();
-            if let Some(Ok(args)) = session {
-                state.idle.push(parse::ulong(args)?);
+        let mut pending = slots;
+        for attempt in 0..=TOKEN_INFO_RETRIES {
+            if pending.is_empty() {
+                break;
             }
-            tracing::debug!(
-                slot,
-                label = %p11fwd_wire::info::unpad(&info.label),
-                mechanisms = mechanisms.len(),
-                "token"
-            );
-            tokens.push(Arc::new(Token {
-                slot,
-                info,
-                mechanisms,
-                state: Mutex::new(state),
-            }));
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(25 * u64::from(attempt)));
+            }
+            let mut batch = Vec::new();
+            for &slot in &pending {
+                batch.push(req::get_token_info(slot));
+                batch.push(req::get_mechanism_list(slot, OutCap::Buffer(512)));
+                if speculative {
+                    batch.push(req::open_session(slot, CKF_SERIAL_SESSION));
+                }
+            }
+            let mut replies = c.call_batch(&batch).into_iter();
+            let mut again = Vec::new();
+            for &slot in &pending {
+                let info = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
+                let mechs = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
+                let session = if speculative { replies.next() } else { None };
+                let info = match info {
+                    Ok(args) => TokenInfo::from_args(args).map_err(p11fwd_wire::Error::from)?,
+                    // A token that several processes share (SoftHSM behind a stock server,
+                    // which forks one process per connection) can fail transiently while
+                    // another process writes it: ask again a few times.
+                    Err(p11fwd_wire::Error::Rv { rv, .. })
+                        if matches!(rv.0, CKR_GENERAL_ERROR | CKR_DEVICE_ERROR)
+                            && attempt < TOKEN_INFO_RETRIES =>
+                    {
+                        tracing::debug!(slot, rv = %rv, attempt, "token info failed; retrying");
+                        if let Some(Ok(args)) = session
+                            && let Ok(h) = parse::ulong(args)
+                        {
+                            let _ = c.call_batch(&[req::close_session(h)]);
+                        }
+                        again.push(slot);
+                        continue;
+                    }
+                    Err(e) if !e.is_fatal() => {
+                        tracing::debug!(slot, cause = %e, "skipping slot");
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mechanisms = match mechs.and_then(parse::ulong_output) {
+                    Ok(UlongOutput::Data(v)) => v,
+                    Ok(UlongOutput::Size(_)) => client.mechanisms(slot)?,
+                    Err(p11fwd_wire::Error::Rv { rv, .. }) if rv.0 == CKR_BUFFER_TOO_SMALL => {
+                        client.mechanisms(slot)?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let mut state = TokenState::default();
+                if let Some(Ok(args)) = session {
+                    state.idle.push(parse::ulong(args)?);
+                }
+                tracing::debug!(
+                    slot,
+                    label = %p11fwd_wire::info::unpad(&info.label),
+                    mechanisms = mechanisms.len(),
+                    "token"
+                );
+                tokens.push(Arc::new(Token {
+                    slot,
+                    info,
+                    mechanisms,
+                    state: Mutex::new(state),
+                }));
+            }
+            pending = again;
         }
         tracing::debug!(address = %shown, epoch, tokens = tokens.len(), "connected");
         Ok(Link {
@@ -491,7 +533,33 @@ impl Link {
     /// Searches `token` with `template`, logging in first in the same round trip when `auth`
     /// asks for it and the connection is not logged in yet. Returns the handles, and the login
     /// error if the login failed (the search then ran without it).
+    ///
+    /// A login that fails with `CKR_GENERAL_ERROR`/`CKR_DEVICE_ERROR` (never a PIN verdict) is
+    /// tried again a few times: a token file shared by several processes (SoftHSM behind a stock
+    /// server, which forks per connection) fails like that while another process writes it,
+    /// e.g. when prefork workers all log in at once.
     pub(crate) fn find(
+        &self,
+        token: &Token,
+        session: u64,
+        template: Vec<Attribute>,
+        auth: &Auth,
+    ) -> Result<(Vec<u64>, Option<Error>), Error> {
+        let mut attempt = 0;
+        loop {
+            let r = self.find_once(token, session, template.clone(), auth)?;
+            let transient = matches!(&r.1, Some(Error::Token { call: "C_Login", rv })
+                if rv.contains("CKR_GENERAL_ERROR") || rv.contains("CKR_DEVICE_ERROR"));
+            if !transient || attempt >= TOKEN_INFO_RETRIES {
+                return Ok(r);
+            }
+            attempt += 1;
+            tracing::debug!(attempt, "login failed transiently; retrying");
+            std::thread::sleep(Duration::from_millis(25 * u64::from(attempt)));
+        }
+    }
+
+    fn find_once(
         &self,
         token: &Token,
         session: u64,

@@ -570,7 +570,14 @@ impl Key {
             .iter()
             .find(|t| t.identity() == self.token_identity)
             .cloned()
-            .ok_or_else(|| Error::NoMatch(format!("token {:?} is gone", self.token_label)))?;
+            .ok_or_else(|| {
+                Error::NoMatch(format!(
+                    "token {:?} (the server lists {} token{} now)",
+                    self.token_label,
+                    link.tokens.len(),
+                    if link.tokens.len() == 1 { "" } else { "s" }
+                ))
+            })?;
         let needs_login =
             object.class == CKO_PRIVATE_KEY && token.login_required() && !token.logged_in();
         let (epoch, handle) = *object
