@@ -651,11 +651,16 @@ struct Options {
     quick: bool,
     out: Option<PathBuf>,
     sections: Vec<String>,
+    /// Only these stack ids (all if empty).
+    stacks: Vec<String>,
+    /// One-way delays in ms.
+    delays: Vec<u32>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: p11fwd-bench [--quick] [--out DIR | --no-write] [--only ops,req,alone]\n\
+         \x20                   [--stacks ID,...] [--delays 10,0]\n\
          \n\
          Runs every stack and workload and writes DIR/benchmarks.md (the generated section),\n\
          DIR/benchmarks.svg and DIR/benchmarks.json (DIR: the workspace's docs/).\n\
@@ -669,19 +674,28 @@ fn parse_options(mut args: impl Iterator<Item = OsString>) -> Options {
         quick: false,
         out: Some(p11fwd_tests::artifacts::workspace_root().join("docs")),
         sections: vec!["ops".into(), "req".into(), "alone".into()],
+        stacks: Vec::new(),
+        delays: vec![10, 0],
+    };
+    let list = |v: Option<OsString>| -> Vec<String> {
+        v.and_then(|s| s.into_string().ok())
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
     };
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--quick") => o.quick = true,
             Some("--no-write") => o.out = None,
             Some("--out") => o.out = args.next().map(PathBuf::from),
-            Some("--only") => {
-                o.sections = args
-                    .next()
-                    .and_then(|s| s.into_string().ok())
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::to_owned)
+            Some("--only") => o.sections = list(args.next()),
+            Some("--stacks") => o.stacks = list(args.next()),
+            Some("--delays") => {
+                o.delays = list(args.next())
+                    .iter()
+                    .filter_map(|d| d.parse().ok())
                     .collect();
             }
             _ => usage(),
@@ -851,13 +865,14 @@ fn run(opts: &Options) -> Result<()> {
     };
 
     let has = |s: &str| opts.sections.iter().any(|x| x == s);
+    let wanted = |s: &Stack| opts.stacks.is_empty() || opts.stacks.iter().any(|x| x == s.id);
     if has("ops") {
-        for delay_ms in [10u32, 0] {
+        for &delay_ms in &opts.delays {
             report
                 .load_samples
                 .push((format!("operations at {delay_ms} ms"), loadavg()));
             eprintln!("operations, {delay_ms} ms one-way (load {}):", loadavg());
-            for stack in STACKS {
+            for stack in STACKS.iter().filter(|s| wanted(s)) {
                 if delay_ms != 0 && !stack.remote() {
                     continue;
                 }
@@ -871,7 +886,7 @@ fn run(opts: &Options) -> Result<()> {
         }
     }
     if has("req") {
-        for delay_ms in [10u32, 0] {
+        for &delay_ms in &opts.delays {
             report
                 .load_samples
                 .push((format!("req -new at {delay_ms} ms"), loadavg()));
@@ -879,7 +894,7 @@ fn run(opts: &Options) -> Result<()> {
                 "openssl req -new, {delay_ms} ms one-way (load {}):",
                 loadavg()
             );
-            for stack in STACKS.iter().filter(|s| s.openssl()) {
+            for stack in STACKS.iter().filter(|s| s.openssl() && wanted(s)) {
                 if delay_ms != 0 && !stack.remote() {
                     continue;
                 }
