@@ -109,7 +109,12 @@ dist:
 	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_provider.so $(DIST)/lib/ossl-modules/p11fwd.so
 	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_client.so $(DIST)/lib/pkcs11/p11fwd-client.so
 	install -d $(DIST)/share/p11fwd
-	@echo "install tree in $(DIST)/:"; find $(DIST) | sort
+	# The templates (systemd user units, p11-kit module file) rendered for $(PREFIX).
+	for t in conf/templates/*; do \
+		sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' "$$t" \
+			> $(DIST)/share/p11fwd/$$(basename "$$t"); \
+	done
+	@echo "install tree in $(DIST)/ (for PREFIX=$(PREFIX)):"; find $(DIST) | sort
 
 install: dist
 	install -D -m 0755 $(DIST)/bin/p11fwd $(DESTDIR)$(BINDIR)/p11fwd

@@ -25,6 +25,7 @@ mod p11env;
 pub mod provision;
 pub mod relay;
 pub mod run;
+pub mod sshd;
 mod stock;
 mod token;
 
@@ -34,6 +35,7 @@ pub use forwarder::{
 };
 pub use p11env::P11Env;
 pub use run::{RunOutput, require_tool, run_fail, run_ok};
+pub use sshd::Sshd;
 pub use stock::StockServer;
 pub use token::{DEFAULT_LABEL, Key, Profile, SO_PIN, TestToken, TestTokenBuilder, USER_PIN};
 
