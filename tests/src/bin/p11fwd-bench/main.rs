@@ -198,11 +198,11 @@ struct Sizes {
 }
 
 const FULL: Sizes = Sizes {
-    n0: 400,
-    n10: 40,
-    t0: 150,
-    t10: 20,
-    reqs: 5,
+    n0: 1000,
+    n10: 60,
+    t0: 300,
+    t10: 30,
+    reqs: 7,
     setups: 200,
     idle_fwd: 1000,
     idle_stock: 50,
@@ -655,12 +655,14 @@ struct Options {
     stacks: Vec<String>,
     /// One-way delays in ms.
     delays: Vec<u32>,
+    /// Another `p11fwd` binary to serve as the forwarder (to compare builds).
+    forwarder: Option<PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: p11fwd-bench [--quick] [--out DIR | --no-write] [--only ops,req,alone]\n\
-         \x20                   [--stacks ID,...] [--delays 10,0]\n\
+         \x20                   [--stacks ID,...] [--delays 10,0] [--forwarder PATH]\n\
          \n\
          Runs every stack and workload and writes DIR/benchmarks.md (the generated section),\n\
          DIR/benchmarks.svg and DIR/benchmarks.json (DIR: the workspace's docs/).\n\
@@ -676,6 +678,7 @@ fn parse_options(mut args: impl Iterator<Item = OsString>) -> Options {
         sections: vec!["ops".into(), "req".into(), "alone".into()],
         stacks: Vec::new(),
         delays: vec![10, 0],
+        forwarder: None,
     };
     let list = |v: Option<OsString>| -> Vec<String> {
         v.and_then(|s| s.into_string().ok())
@@ -692,6 +695,7 @@ fn parse_options(mut args: impl Iterator<Item = OsString>) -> Options {
             Some("--out") => o.out = args.next().map(PathBuf::from),
             Some("--only") => o.sections = list(args.next()),
             Some("--stacks") => o.stacks = list(args.next()),
+            Some("--forwarder") => o.forwarder = args.next().map(PathBuf::from),
             Some("--delays") => {
                 o.delays = list(args.next())
                     .iter()
@@ -819,7 +823,13 @@ fn run(opts: &Options) -> Result<()> {
         report.load_before
     );
 
-    let builds = builds()?;
+    let mut builds = builds()?;
+    if let Some(f) = &opts.forwarder {
+        builds.forwarder = f.clone();
+        report
+            .versions
+            .push(("forwarder binary".into(), f.display().to_string()));
+    }
     let work = tempfile::Builder::new().prefix("p11fwd-bench.").tempdir()?;
     let driver = compile_driver(work.path())?;
     std::fs::write(work.path().join("empty.cnf"), "")?;
