@@ -195,6 +195,8 @@ struct Sizes {
     /// Concurrent signers and signatures each.
     signers: usize,
     signer_ops: usize,
+    /// Interleaved repetitions of the 0 ms runs (the median is reported).
+    reps0: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -208,6 +210,7 @@ const FULL: Sizes = Sizes {
     idle_stock: 50,
     signers: 64,
     signer_ops: 50,
+    reps0: 3,
 };
 
 const QUICK: Sizes = Sizes {
@@ -221,6 +224,7 @@ const QUICK: Sizes = Sizes {
     idle_stock: 10,
     signers: 16,
     signer_ops: 10,
+    reps0: 1,
 };
 
 /// Builds of this workspace next to the running harness (release under `make bench`).
@@ -881,18 +885,29 @@ fn run(opts: &Options) -> Result<()> {
             report
                 .load_samples
                 .push((format!("operations at {delay_ms} ms"), loadavg()));
-            eprintln!("operations, {delay_ms} ms one-way (load {}):", loadavg());
-            for stack in STACKS.iter().filter(|s| wanted(s)) {
-                if delay_ms != 0 && !stack.remote() {
-                    continue;
+            // Without delay the run is CPU-bound and this machine's speed drifts by 10-20 %
+            // within minutes: the stacks take turns, and each result is the median of `reps`
+            // runs.
+            let reps = if delay_ms == 0 { sizes.reps0 } else { 1 };
+            eprintln!(
+                "operations, {delay_ms} ms one-way, {reps} interleaved run(s) (load {}):",
+                loadavg()
+            );
+            let mut runs: Vec<Vec<OpRun>> = Vec::new();
+            for _ in 0..reps {
+                let mut this = Vec::new();
+                for stack in STACKS.iter().filter(|s| wanted(s)) {
+                    if delay_ms != 0 && !stack.remote() {
+                        continue;
+                    }
+                    for w in WORKLOADS {
+                        this.push(bench.run_ops(stack, w, delay_ms, 1)?);
+                    }
+                    this.push(bench.run_ops(stack, &WORKLOADS[0], delay_ms, 8)?);
                 }
-                for w in WORKLOADS {
-                    report.ops.push(bench.run_ops(stack, w, delay_ms, 1)?);
-                }
-                report
-                    .ops
-                    .push(bench.run_ops(stack, &WORKLOADS[0], delay_ms, 8)?);
+                runs.push(this);
             }
+            report.ops.extend(median_runs(runs));
         }
     }
     if has("req") {
@@ -999,6 +1014,22 @@ fn run(opts: &Options) -> Result<()> {
     }
     drop(bench);
     Ok(())
+}
+
+/// Per configuration, the run with the median operations per second of its repetitions
+/// (`runs[rep][i]` are the same configuration for every `rep`).
+fn median_runs(runs: Vec<Vec<OpRun>>) -> Vec<OpRun> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let n = first.len();
+    (0..n)
+        .filter_map(|i| {
+            let mut same: Vec<&OpRun> = runs.iter().filter_map(|r| r.get(i)).collect();
+            same.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+            same.get(same.len() / 2).map(|r| (*r).clone())
+        })
+        .collect()
 }
 
 /// The targets of issues 7 and 3, from the measurements.

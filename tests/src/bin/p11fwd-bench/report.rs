@@ -224,7 +224,8 @@ impl Report {
                  stack (p11-kit's remoting guide) and to SoftHSM called directly.{}\n",
                 if delay == 0 {
                     " Without delay the clients connect to the server's socket directly; round \
-                     trips are counted in the 10 ms runs."
+                     trips are counted in the 10 ms runs. Each row is the median (by ops/s) of \
+                     interleaved repetitions of the whole 0 ms matrix."
                 } else {
                     ""
                 }
