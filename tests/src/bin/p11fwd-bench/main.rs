@@ -765,7 +765,11 @@ fn versions() -> Vec<(String, String)> {
         ),
         (
             "OpenSSL".into(),
-            cmd("openssl", &["version"]).replace("OpenSSL ", ""),
+            cmd("openssl", &["version"])
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("?")
+                .to_owned(),
         ),
         ("p11-kit".into(), deb("p11-kit")),
         ("SoftHSM".into(), deb("softhsm2")),

@@ -413,7 +413,7 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\nConcurrent clients: one process per client (`p11fwd-client.so` or `p11-kit-client.so`, \
+            "\nConcurrent clients: one process per client (`p11fwd-client.so` against either server, \
              its own connection and session), all signing ECDSA P-256 at once, no added delay.\n"
         );
         let _ = writeln!(
