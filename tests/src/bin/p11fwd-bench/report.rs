@@ -221,7 +221,8 @@ impl Report {
             let _ = writeln!(
                 md,
                 "Ratios are operations per second relative to the libp11 engine + `p11-kit-client.so` \
-                 stack (p11-kit's remoting guide) and to SoftHSM called directly.{}\n",
+                 stack (p11-kit's remoting guide) at the same delay and (without delay) to SoftHSM \
+                 called directly.{}\n",
                 if delay == 0 {
                     " Without delay the clients connect to the server's socket directly; round \
                      trips are counted in the 10 ms runs. Each row is the median (by ops/s) of \
@@ -284,7 +285,11 @@ impl Report {
                         opt(first_rt),
                         f(r.first_ms, 1),
                         ratio(self.find("engine-stock", w.id, delay, 1)),
-                        ratio(self.find("softhsm", w.id, 0, 1)),
+                        if delay == 0 {
+                            ratio(self.find("softhsm", w.id, 0, 1))
+                        } else {
+                            "–".into()
+                        },
                     );
                 }
             }
