@@ -32,9 +32,10 @@ use cryptoki_sys::{
     CKR_CRYPTOKI_NOT_INITIALIZED, CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_GENERAL_ERROR,
     CKR_NO_EVENT, CKR_SESSION_CLOSED, CKR_SESSION_HANDLE_INVALID,
 };
-use p11fwd_wire::client::Client;
+use p11fwd_wire::client::{Client, parse, req};
 use p11fwd_wire::info::MechanismInfo;
 use p11fwd_wire::message::Request;
+use p11fwd_wire::transport::blocking::Connection;
 use p11fwd_wire::{Arg, CallId, Dialect, Error as WireError, Rv};
 use rustix::process::{Pid, getpid};
 
@@ -243,9 +244,19 @@ pub(crate) struct Module {
 impl Module {
     /// Connect, negotiate the version and send the RPC `C_Initialize`.
     fn open(&self) -> std::result::Result<Client, Open> {
-        let client = Client::connect(&self.config.socket, self.config.options.clone())
-            .map_err(Open::NoServer)?;
-        match client.initialize(self.reserved.as_deref()) {
+        // The RPC C_Initialize goes in the same write as the version byte: one round trip.
+        let (conn, mut replies) = Connection::connect_with(
+            &self.config.socket,
+            self.config.options.clone(),
+            &[req::initialize(self.reserved.as_deref())],
+        )
+        .map_err(Open::NoServer)?;
+        let client = Client::new(conn);
+        match replies
+            .pop()
+            .unwrap_or(Err(p11fwd_wire::Error::Closed))
+            .and_then(parse::unit)
+        {
             Ok(()) => Ok(client),
             Err(e) if e.is_fatal() => Err(Open::NoServer(e)),
             Err(e) => {

@@ -44,11 +44,14 @@ pub fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
         None => Pkcs11Uri::new(),
     };
     let (path, described) = socket_path(args.address.as_deref())?;
-    let client = Client::connect(&path, Options::default())
-        .with_context(|| format!("cannot connect to a p11-kit server at {described}"))?;
-    client
-        .initialize(None)
-        .context("C_Initialize over RPC failed")?;
+    // C_Initialize travels with the version byte: one round trip.
+    let client = Client::connect_initialized(&path, Options::default(), None).map_err(|e| {
+        if e.is_fatal() {
+            anyhow!("cannot connect to a p11-kit server at {described}: {e}")
+        } else {
+            anyhow!("C_Initialize over RPC failed: {e}")
+        }
+    })?;
     let mut out = String::new();
     let mut failed = false;
     let mut tokens = 0;

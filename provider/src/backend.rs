@@ -269,16 +269,20 @@ impl Backend {
             address: shown.clone(),
             source: std::io::Error::other(e.to_string()),
         };
-        let conn = Connection::connect(&path, opts).map_err(unreachable)?;
-        let client = Client::new(conn);
-        let c = client.connection();
-        // Round trip 2: initialize and list the slots.
-        let mut replies = c
-            .call_batch(&[
+        // Round trip 1: the version byte, C_Initialize and the slot list in one write (their
+        // encoding does not depend on the version the server will answer).
+        let (conn, replies) = Connection::connect_with(
+            &path,
+            opts,
+            &[
                 req::initialize(None),
                 req::get_slot_list(true, OutCap::Buffer(64)),
-            ])
-            .into_iter();
+            ],
+        )
+        .map_err(unreachable)?;
+        let client = Client::new(conn);
+        let c = client.connection();
+        let mut replies = replies.into_iter();
         let init = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
         parse::unit(init.map_err(unreachable)?).map_err(Error::from)?;
         let slots = match replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed)) {
@@ -291,7 +295,7 @@ impl Backend {
             }
             Err(e) => return Err(e.into()),
         };
-        // Round trip 3: token info, mechanisms and a first session for every slot.
+        // Round trip 2: token info, mechanisms and a first session for every slot.
         let speculative = slots.len() <= MAX_SPECULATIVE_SESSIONS;
         let mut tokens = Vec::new();
         let mut pending = slots;

@@ -564,6 +564,11 @@ fn version_fallback_when_the_server_closes_on_a_nonzero_offer() {
     let client = Client::new(conn);
     client.initialize(None).unwrap();
     assert_eq!(client.slots(true).unwrap(), vec![0x11]);
+    // The same fallback when C_Initialize travels with the version byte.
+    let client = Client::connect_initialized(&front, Options::default(), None).unwrap();
+    assert_eq!(client.dialect(), Dialect::V0);
+    assert_eq!(*offers.lock().unwrap(), vec![2, 0, 2, 0]);
+    assert_eq!(client.slots(true).unwrap(), vec![0x11]);
 }
 
 #[test]
@@ -593,4 +598,71 @@ fn calls_the_server_cannot_take_are_refused_locally() {
     // None of that reached (or hurt) the server.
     assert!(!client.connection().is_broken());
     assert_eq!(client.slots(true).unwrap(), vec![0x11]);
+}
+
+#[test]
+fn initialize_travels_with_the_version_byte() {
+    // One round trip for connect + version + C_Initialize + C_GetSlotList, against the stock
+    // 0.24.1 server, counted by a relay.
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let server = StockServer::start(&token);
+    let dir = tempfile::tempdir().unwrap();
+    let relay = p11fwd_tests::relay::Relay::start(
+        dir.path().join("relay.sock"),
+        server.socket_path(),
+        std::time::Duration::from_millis(5),
+    )
+    .unwrap();
+    let (conn, replies) = Connection::connect_with(
+        relay.path(),
+        Options::default(),
+        &[
+            req::initialize(None),
+            req::get_slot_list(true, OutCap::Buffer(16)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(conn.dialect(), Dialect::V0);
+    let mut replies = replies.into_iter();
+    parse::unit(replies.next().unwrap().unwrap()).unwrap();
+    let slots = parse::ulong_output(replies.next().unwrap().unwrap()).unwrap();
+    assert_eq!(slots, p11fwd_wire::client::UlongOutput::Data(vec![0x11]));
+    assert_eq!(relay.stats().round_trips, 1, "{:?}", relay.stats());
+    // The connection goes on normally, codes continuing after the first requests.
+    let client = Client::new(conn);
+    assert_eq!(
+        unpad(&client.get_token_info(0x11).unwrap().label),
+        token.label()
+    );
+    assert_eq!(relay.stats().round_trips, 2);
+
+    // The typed helper: connect + C_Initialize in one round trip.
+    relay.reset_stats();
+    let client = Client::connect_initialized(relay.path(), Options::default(), None).unwrap();
+    assert_eq!(client.slots(true).unwrap(), vec![0x11]);
+    assert_eq!(relay.stats().round_trips, 2, "{:?}", relay.stats());
+
+    // A request whose bytes depend on the version cannot go first.
+    let err = Connection::connect_with(
+        server.socket_path(),
+        Options::default(),
+        &[req::digest_init(0x11, Some(Mechanism::new(CKM_SHA256)))],
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn large_replies_arrive_whole() {
+    // A 64 KiB random buffer: several recv calls into the connection's inbox.
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let server = StockServer::start(&token);
+    let client =
+        Client::connect_initialized(server.socket_path(), Options::default(), None).unwrap();
+    let s = client.open_session(0x11, CKF_SERIAL_SESSION).unwrap();
+    let Output::Data(r) = client.generate_random(s, OutCap::Buffer(65536)).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.len(), 65536);
+    assert!(r.iter().any(|b| *b != 0));
 }

@@ -701,6 +701,22 @@ impl Client {
         Ok(Self::new(Connection::connect(path, opts)?))
     }
 
+    /// Connect, negotiate the version and send the RPC `C_Initialize` in the same write as the
+    /// version byte: one round trip instead of two (see [`Connection::connect_with`]).
+    pub fn connect_initialized(
+        path: &Path,
+        opts: Options,
+        reserved: Option<&[u8]>,
+    ) -> Result<Self> {
+        let (conn, mut replies) =
+            Connection::connect_with(path, opts, &[req::initialize(reserved)])?;
+        match replies.pop() {
+            Some(r) => parse::unit(r?)?,
+            None => return Err(Error::Closed),
+        }
+        Ok(Self::new(conn))
+    }
+
     /// The connection, e.g. to pipeline requests.
     pub fn connection(&self) -> &Connection {
         &self.conn

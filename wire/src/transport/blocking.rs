@@ -111,8 +111,68 @@ pub struct Connection {
     write: Mutex<()>,
     read: Mutex<ReadState>,
     ready: Condvar,
+    /// Bytes read from the socket but not yet parsed; only the thread holding the reader role
+    /// (`ReadState::reading`) touches it.
+    inbox: Mutex<Inbox>,
     opts: Options,
     pid: rustix::process::Pid,
+}
+
+/// Received bytes, consumed from `start`. Consumed bytes are wiped at once: replies can hold
+/// decrypted data and derived secrets.
+#[derive(Debug, Default)]
+struct Inbox {
+    data: Zeroizing<Vec<u8>>,
+    start: usize,
+}
+
+/// Read at least this much per `recv` when the frame's size is not known yet: most replies,
+/// and usually every reply of a pipelined batch, arrive with one system call.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl Inbox {
+    fn pending(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+
+    /// Mark `n` bytes consumed, wiping them.
+    fn consume(&mut self, n: usize) {
+        let end = self.start + n;
+        self.data[self.start..end].fill(0);
+        self.start = end;
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+        } else if self.start >= READ_CHUNK {
+            // Compact, and wipe the copies the move leaves behind.
+            let len = self.data.len() - self.start;
+            self.data.copy_within(self.start.., 0);
+            self.data[len..].fill(0);
+            self.data.truncate(len);
+            self.start = 0;
+        }
+    }
+
+    /// Append up to `want` bytes (at least one `READ_CHUNK`) from `stream`.
+    fn fill(&mut self, stream: &UnixStream, want: usize) -> Result<()> {
+        let old = self.data.len();
+        self.data.resize(old + want.max(READ_CHUNK), 0);
+        let got = loop {
+            match (&*stream).read(&mut self.data[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.data.truncate(old);
+                    return Err(io_error(e));
+                }
+            }
+        };
+        self.data.truncate(old + got);
+        if got == 0 {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,6 +238,66 @@ impl Connection {
         }
     }
 
+    /// Connect, and send `first` in the same write as the version byte: the answer to the
+    /// version byte and the first replies then come back in one round trip.
+    ///
+    /// Only requests whose encoding is the same in every protocol version may go first (they
+    /// are encoded before the version is known): `C_Initialize`, `C_GetSlotList`,
+    /// `C_GetTokenInfo`, ... — anything without a mechanism, an attribute template of a
+    /// generation-dependent class, or a version-dependent call id. Others are refused with
+    /// [`Error::Invalid`]. The fallback of [`Connection::connect`] applies: if the server
+    /// closes the connection (p11-kit 0.23, go-p11-kit), the same bytes go again after a `0`.
+    pub fn connect_with(
+        path: &Path,
+        opts: Options,
+        first: &[Request],
+    ) -> Result<(Self, Vec<Result<Vec<Arg>>>)> {
+        let mut bodies = Vec::with_capacity(first.len());
+        for req in first {
+            let body = Zeroizing::new(req.encode(Dialect::V0)?);
+            if *body != req.encode(Dialect::V1)? || *body != req.encode(Dialect::V2)? {
+                return Err(Error::Invalid(
+                    "this request depends on the protocol version",
+                ));
+            }
+            bodies.push(body);
+        }
+        let mut wire = Zeroizing::new(vec![opts.offer]);
+        for (i, body) in bodies.iter().enumerate() {
+            wire.extend_from_slice(&frame::encode(FIRST_CODE + i as u32, &opts.options, body));
+        }
+        let send_offer = |wire: &[u8]| -> Result<(UnixStream, u8)> {
+            let stream = open(path, opts.timeout)?;
+            send_all(&stream, wire)?;
+            let mut b = [0u8; 1];
+            (&stream).read_exact(&mut b).map_err(io_error)?;
+            Ok((stream, b[0]))
+        };
+        let (stream, version) = match send_offer(&wire) {
+            Ok((stream, v)) => (stream, v.min(opts.offer)),
+            Err(e @ (Error::Closed | Error::Io(_))) if opts.offer > 0 => {
+                tracing::debug!(cause = %e, "version exchange failed; retrying with version 0");
+                wire[0] = 0;
+                let (stream, _) = send_offer(&wire)?;
+                (stream, 0)
+            }
+            Err(e) => return Err(e),
+        };
+        let conn = Self::with_version(stream, version, opts);
+        conn.next_code
+            .store(FIRST_CODE + first.len() as u32, Ordering::Relaxed);
+        let deadline = Instant::now() + conn.opts.timeout;
+        let replies = first
+            .iter()
+            .enumerate()
+            .map(|(i, req)| {
+                conn.await_reply(FIRST_CODE + i as u32, deadline)
+                    .and_then(|body| conn.finish(req, &body))
+            })
+            .collect();
+        Ok((conn, replies))
+    }
+
     /// Use an already connected stream (e.g. one end of a socketpair); negotiates the version
     /// without the reconnect fallback.
     pub fn from_stream(stream: UnixStream, opts: Options) -> Result<Self> {
@@ -196,6 +316,7 @@ impl Connection {
             write: Mutex::new(()),
             read: Mutex::new(ReadState::default()),
             ready: Condvar::new(),
+            inbox: Mutex::new(Inbox::default()),
             opts,
             pid: rustix::process::getpid(),
         }
@@ -239,14 +360,28 @@ impl Connection {
 
     /// Read one frame from the socket (called by the thread that holds the reader role).
     fn read_frame(&self) -> Result<(u32, Zeroizing<Vec<u8>>)> {
-        let mut h = [0u8; HEADER_LEN];
-        (&self.stream).read_exact(&mut h).map_err(io_error)?;
-        let header = Header::parse(&h, self.opts.limits)?;
-        let mut options = vec![0u8; header.options_len as usize];
-        (&self.stream).read_exact(&mut options).map_err(io_error)?;
-        let mut body = Zeroizing::new(vec![0u8; header.body_len as usize]);
-        (&self.stream).read_exact(&mut body).map_err(io_error)?;
-        Ok((header.code, body))
+        let mut inbox = lock(&self.inbox);
+        loop {
+            let pending = inbox.pending();
+            // Check the header against the limits as soon as it is in, before reading on.
+            let want = match pending.get(..HEADER_LEN) {
+                None => HEADER_LEN - pending.len(),
+                Some(h) => {
+                    let mut head = [0u8; HEADER_LEN];
+                    head.copy_from_slice(h);
+                    let header = Header::parse(&head, self.opts.limits)?;
+                    let total = header.frame_len();
+                    if pending.len() >= total {
+                        let opt_end = HEADER_LEN + header.options_len as usize;
+                        let body = Zeroizing::new(pending[opt_end..total].to_vec());
+                        inbox.consume(total);
+                        return Ok((header.code, body));
+                    }
+                    total - pending.len()
+                }
+            };
+            inbox.fill(&self.stream, want)?;
+        }
     }
 
     /// Wait for the reply with `code`, reading frames for others as needed.
