@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod der;
 pub mod discovery;
 pub mod pin;
 pub mod shell;

@@ -24,6 +24,8 @@
 //! the SEQUENCE) and never panics. The URI is not interpreted here beyond requiring the
 //! `pkcs11:` scheme; note that a URI with `pin-value` puts the PIN in the file in clear text.
 
+use crate::der;
+
 /// The PEM label (`-----BEGIN PKCS#11 PROVIDER URI-----`).
 pub const PEM_LABEL: &str = "PKCS#11 PROVIDER URI";
 
@@ -64,41 +66,16 @@ pub enum UriPemError {
     Uri(String),
 }
 
-fn tlv(tag: u8, content: &[u8], out: &mut Vec<u8>) {
-    out.push(tag);
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-}
-
 /// The DER body for `uri`.
 pub fn encode_der(uri: &str) -> Vec<u8> {
-    let mut content = Vec::with_capacity(uri.len() + 32);
-    tlv(VISIBLE_STRING, DESCRIPTION.as_bytes(), &mut content);
-    tlv(UTF8_STRING, uri.as_bytes(), &mut content);
-    let mut out = Vec::with_capacity(content.len() + 4);
-    tlv(SEQUENCE, &content, &mut out);
-    out
+    let mut content = der::tlv(VISIBLE_STRING, DESCRIPTION.as_bytes());
+    content.extend(der::tlv(UTF8_STRING, uri.as_bytes()));
+    der::tlv(SEQUENCE, &content)
 }
 
 /// The PEM file for `uri` (64-column base64 lines, as OpenSSL's `PEM_write_bio` writes them).
 pub fn encode_pem(uri: &str) -> String {
-    let b64 = base64_encode(&encode_der(uri));
-    let mut out = format!("-----BEGIN {PEM_LABEL}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // Base64 output is ASCII.
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {PEM_LABEL}-----\n"));
-    out
+    der::pem_encode(PEM_LABEL, &encode_der(uri))
 }
 
 /// The URI-PEM file for a key URI, as `p11fwd uri-pem` writes it, and warnings for the user.
@@ -132,26 +109,11 @@ pub fn pem_for_uri(uri: &str) -> Result<(String, Vec<&'static str>), UriPemError
     Ok((encode_pem(uri), warnings))
 }
 
-/// Reads one TLV: (tag, content, rest). Definite lengths only, at most 4 length bytes.
+/// Reads one TLV: (tag, content, rest).
 fn read_tlv(data: &[u8]) -> Result<(u8, &[u8], &[u8]), UriPemError> {
-    let truncated = UriPemError::Structure("truncated");
-    let (&tag, rest) = data.split_first().ok_or(truncated.clone())?;
-    let (&first, rest) = rest.split_first().ok_or(truncated.clone())?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return Err(UriPemError::Structure("unsupported length encoding"));
-        }
-        let (len_bytes, rest) = rest.split_at_checked(n).ok_or(truncated.clone())?;
-        let len = len_bytes
-            .iter()
-            .fold(0usize, |a, &b| (a << 8) | usize::from(b));
-        (len, rest)
-    };
-    let (content, rest) = rest.split_at_checked(len).ok_or(truncated)?;
-    Ok((tag, content, rest))
+    der::read_tlv(data).ok_or(UriPemError::Structure(
+        "truncated or unsupported length encoding",
+    ))
 }
 
 /// The URI in a DER body.
@@ -202,7 +164,7 @@ pub fn pem_block_der(text: &str) -> Result<Vec<u8>, UriPemError> {
     let mut body = String::new();
     for line in lines {
         if line == end {
-            return base64_decode(&body).ok_or(UriPemError::Base64);
+            return der::base64_decode(&body).ok_or(UriPemError::Base64);
         }
         if line.starts_with("-----") {
             return Err(UriPemError::Unterminated);
@@ -221,65 +183,10 @@ pub fn decode_pem(text: &str) -> Result<String, UriPemError> {
     decode_der(&pem_block_der(text)?)
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Standard base64 with padding; whitespace is ignored. `None` if malformed.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let symbols: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !symbols.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(symbols.len() / 4 * 3);
-    let quads = symbols.len() / 4;
-    for (qi, quad) in symbols.chunks(4).enumerate() {
-        let last = qi + 1 == quads;
-        let mut n = 0u32;
-        let mut pad = 0;
-        for (i, &c) in quad.iter().enumerate() {
-            let v = if c == b'=' {
-                // Padding only at the end of the last quad.
-                if !last || i < 2 {
-                    return None;
-                }
-                pad += 1;
-                0
-            } else {
-                if pad > 0 {
-                    return None;
-                }
-                u32::try_from(ALPHABET.iter().position(|&a| a == c)?).ok()?
-            };
-            n = (n << 6) | v;
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..4 - pad]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::der::base64_encode;
 
     const URI: &str = "pkcs11:token=p11fwd-test;object=ec-p256;type=private";
 
@@ -425,22 +332,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn base64_known_answers() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
-            assert_eq!(
-                base64_decode(&base64_encode(s.as_bytes())).unwrap(),
-                s.as_bytes()
-            );
-        }
-        assert_eq!(base64_decode("Zg="), None);
-        assert_eq!(base64_decode("Z=g="), None);
-        assert_eq!(base64_decode("Zg==Zg=="), None);
     }
 }

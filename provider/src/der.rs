@@ -53,22 +53,8 @@ const NULL: u8 = 0x05;
 const OID: u8 = 0x06;
 const PRINTABLE_STRING: u8 = 0x13;
 
-/// A tag-length-value.
-pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 6);
-    out.push(tag);
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|&&b| b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
+/// A tag-length-value (shared with the URI-PEM code in `conf`).
+pub(crate) use p11fwd_conf::der::tlv;
 
 /// A SEQUENCE of already encoded elements.
 pub(crate) fn sequence(parts: &[&[u8]]) -> Vec<u8> {
@@ -159,24 +145,7 @@ impl<'a> Reader<'a> {
 
     /// The next TLV: (tag, content).
     pub(crate) fn next(&mut self) -> Option<(u8, &'a [u8])> {
-        let (&tag, rest) = self.data.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |a, &b| (a << 8) | usize::from(b));
-            (len, &rest[n..])
-        };
-        if rest.len() < len {
-            return None;
-        }
-        let (content, rest) = rest.split_at(len);
+        let (tag, content, rest) = p11fwd_conf::der::read_tlv(self.data)?;
         self.data = rest;
         Some((tag, content))
     }
@@ -275,39 +244,8 @@ pub(crate) fn parse_rsa_public_key(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((n, e))
 }
 
-/// Base64 (standard alphabet, padded), for PEM.
-pub(crate) fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A PEM block with 64-column lines.
-pub(crate) fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(core::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
+pub(crate) use p11fwd_conf::der::pem_encode as pem;
 
 #[cfg(test)]
 mod tests {
@@ -344,11 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn base64_and_pem() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    fn pem_armor() {
         assert!(pem("PUBLIC KEY", &[0; 100]).starts_with("-----BEGIN PUBLIC KEY-----\n"));
     }
 
