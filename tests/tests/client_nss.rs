@@ -10,19 +10,19 @@ mod client_common;
 
 use std::path::Path;
 
-use client_common::{Kind, Server, module, openssl, spki};
-use p11fwd_tests::{Key, P11Env, TestToken, require_tool};
+use client_common::{module, openssl, spki};
+use p11fwd_tests::{AnyServer, Key, P11Env, Server, ServerKind, TestToken, require_tool};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn nss_works(kind: Kind) {
+fn nss_works(kind: ServerKind) {
     let token = TestToken::builder()
         .with(Key::Rsa2048)
         .with(Key::EcP256)
         .build();
-    let server = Server::start(kind, &token);
+    let server = AnyServer::start(kind, &token);
     let dir = tempfile::tempdir().unwrap();
     let env = P11Env::new(format!("unix:path={}/nobody.sock", dir.path().display()))
         .with("P11FWD_SERVER_ADDRESS", server.address());
@@ -106,10 +106,10 @@ fn nss_works(kind: Kind) {
 
 #[test]
 fn nss_stock_server() {
-    nss_works(Kind::Stock);
+    nss_works(ServerKind::Stock);
 }
 
 #[test]
 fn nss_p11fwd_server() {
-    nss_works(Kind::Fwd);
+    nss_works(ServerKind::Forwarder);
 }

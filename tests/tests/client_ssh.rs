@@ -12,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use client_common::{Kind, Server, module};
-use p11fwd_tests::{Key, Sshd, TestToken, require_tool, run_ok};
+use client_common::module;
+use p11fwd_tests::{AnyServer, Key, Server, ServerKind, Sshd, TestToken, require_tool, run_ok};
 
 /// The public key in OpenSSH form (`type base64`) of a PEM SubjectPublicKeyInfo.
 fn ssh_public(pem: &Path) -> String {
@@ -26,12 +26,12 @@ fn ssh_public(pem: &Path) -> String {
     format!("{} {}", fields.next().unwrap(), fields.next().unwrap())
 }
 
-fn ssh_works(kind: Kind) {
+fn ssh_works(kind: ServerKind) {
     let token = TestToken::builder()
         .with(Key::Rsa2048)
         .with(Key::EcP256)
         .build();
-    let server = Server::start(kind, &token);
+    let server = AnyServer::start(kind, &token);
     let env = server.p11env();
     let ours = module();
 
@@ -69,10 +69,10 @@ fn ssh_works(kind: Kind) {
 
 #[test]
 fn ssh_stock_server() {
-    ssh_works(Kind::Stock);
+    ssh_works(ServerKind::Stock);
 }
 
 #[test]
 fn ssh_p11fwd_server() {
-    ssh_works(Kind::Fwd);
+    ssh_works(ServerKind::Forwarder);
 }

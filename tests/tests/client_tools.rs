@@ -8,8 +8,10 @@ mod client_common;
 use std::path::Path;
 use std::process::Command;
 
-use client_common::{Kind, Server, mechanism_names, module, openssl, spki};
-use p11fwd_tests::{P11Env, P11KIT_CLIENT_MODULE, TestToken, require_tool};
+use client_common::{mechanism_names, module, openssl, spki};
+use p11fwd_tests::{
+    AnyServer, P11Env, P11KIT_CLIENT_MODULE, Server, ServerKind, TestToken, require_tool,
+};
 
 fn pkcs11_tool(env: &P11Env, module: &Path, args: &[&str]) -> Command {
     let mut cmd = env.command(require_tool("pkcs11-tool"));
@@ -21,9 +23,9 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn pkcs11_tool_works(kind: Kind) {
+fn pkcs11_tool_works(kind: ServerKind) {
     let token = TestToken::full();
-    let server = Server::start(kind, &token);
+    let server = AnyServer::start(kind, &token);
     let env = server.p11env();
     let ours = module();
     let pin = token.user_pin();
@@ -92,7 +94,7 @@ fn pkcs11_tool_works(kind: Kind) {
     }
     assert_eq!(
         ours_m.iter().any(|x| x == "ECDH1-DERIVE"),
-        kind == Kind::Fwd
+        kind == ServerKind::Forwarder
     );
 
     // --sign / --verify: ECDSA P-256 over a SHA-256 digest, checked by openssl.
@@ -307,17 +309,17 @@ fn pkcs11_tool_works(kind: Kind) {
 
 #[test]
 fn pkcs11_tool_stock_server() {
-    pkcs11_tool_works(Kind::Stock);
+    pkcs11_tool_works(ServerKind::Stock);
 }
 
 #[test]
 fn pkcs11_tool_p11fwd_server() {
-    pkcs11_tool_works(Kind::Fwd);
+    pkcs11_tool_works(ServerKind::Forwarder);
 }
 
-fn gnutls_works(kind: Kind) {
+fn gnutls_works(kind: ServerKind) {
     let token = TestToken::full();
-    let server = Server::start(kind, &token);
+    let server = AnyServer::start(kind, &token);
     let env = server.p11env().with("GNUTLS_PIN", token.user_pin());
     let ours = module();
     let list = env
@@ -371,12 +373,12 @@ fn gnutls_works(kind: Kind) {
 
 #[test]
 fn gnutls_stock_server() {
-    gnutls_works(Kind::Stock);
+    gnutls_works(ServerKind::Stock);
 }
 
 #[test]
 fn gnutls_p11fwd_server() {
-    gnutls_works(Kind::Fwd);
+    gnutls_works(ServerKind::Forwarder);
 }
 
 /// Registered with p11-kit through the module file template (`conf/templates`, installed as
@@ -389,7 +391,7 @@ fn gnutls_p11fwd_server() {
 #[test]
 fn p11kit_module_registration() {
     let token = TestToken::full();
-    let server = Server::start(Kind::Stock, &token);
+    let server = AnyServer::start(ServerKind::Stock, &token);
     let home = tempfile::tempdir().unwrap();
     let modules = home.path().join(".config/pkcs11/modules");
     std::fs::create_dir_all(&modules).unwrap();
