@@ -11,6 +11,7 @@
 //! - [`daemon`]: fork and socket activation (the only other `unsafe`).
 
 pub mod cli;
+mod conn;
 pub mod daemon;
 mod dispatch;
 pub mod events;
@@ -18,5 +19,6 @@ pub mod list;
 pub mod module;
 pub mod server;
 pub mod state;
+mod watch;
 
 pub use dispatch::{HANDSHAKE, library_info};

@@ -1,40 +1,35 @@
-//! The accept loop and the per-connection handler, after mini-redis `server.rs`.
+//! The accept loop, after mini-redis `server.rs`, and shutdown.
 //!
-//! - The [`Listener`] holds a semaphore for the connection limit, a broadcast channel for
-//!   shutdown, and an mpsc sender whose last drop signals that every handler has finished.
-//! - A [`Handler`] checks the peer's credentials, answers the version byte, then reads frames.
-//!   Each request becomes a task that runs the module call off the reactor
-//!   (`spawn_blocking`) and sends its reply to the connection's writer task, so replies may go
-//!   out of order. Requests on the same session form a *lane* and run strictly in arrival
-//!   order; session-less requests run concurrently; `C_Initialize`, `C_Finalize` and
-//!   `C_CloseAllSessions` wait for everything in flight and hold back what follows.
-//! - `C_WaitForSlotEvent` is served apart ([`slot_event`], over [`crate::events`]): a blocking
-//!   wait is an async task that holds no thread and no in-flight slot, and the connection's
-//!   `C_Finalize` (CKR_CRYPTOKI_NOT_INITIALIZED) or disconnect ends it.
-//! - When the connection ends (EOF, a malformed frame, shutdown), the handler waits for its
-//!   in-flight requests, then closes every session the peer left open and ends its logins.
+//! - The listener holds a semaphore for the connection limit and an mpsc sender whose last drop
+//!   signals that every connection has finished.
+//! - Each accepted connection whose peer credentials are allowed gets a thread of its own
+//!   ([`crate::conn`]): it answers the version byte, then reads, runs and answers requests,
+//!   with the runtime's blocking pool for the requests that must run concurrently and the
+//!   [watcher](crate::watch) for requests that arrive while it is busy in the module.
+//! - `C_WaitForSlotEvent` waits are async tasks on this runtime.
+//! - At shutdown every connection sees the end of its input (`shutdown(SHUT_RD)`), finishes
+//!   what is in flight, closes every session its peer left open and ends its logins.
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use p11fwd_wire::consts::{
-    CKF_DONT_BLOCK, CKR_CRYPTOKI_NOT_INITIALIZED, CKR_FUNCTION_FAILED, CKR_FUNCTION_NOT_SUPPORTED,
-    CKR_GENERAL_ERROR,
-};
-use p11fwd_wire::frame::{self, Limits};
-use p11fwd_wire::transport::tokio::{FrameReader, accept_version};
-use p11fwd_wire::{Arg, CallId, ProtocolError, Reply, Request, Rv};
-use tokio::io::AsyncWriteExt;
+use p11fwd_wire::frame::Limits;
 use tokio::net::UnixListener;
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::{error, info, warn};
 
-use crate::dispatch;
-use crate::state::{Conn, Shared, lock};
+use crate::conn::{self, Env};
+use crate::state::Shared;
+use crate::watch::Watcher;
+
+/// Stack of a connection thread, which runs module calls: about the runtime's blocking threads'
+/// 2 MiB (a module may need it; only the pages touched are resident), but short of 2 MiB so that
+/// no transparent huge page fits in it (with THP `always`, a 2 MiB-aligned stack could become
+/// 2 MiB of resident memory per connection).
+const CONN_STACK: usize = (2 << 20) - (64 << 10);
 
 /// Caps and access rules of a server.
 #[derive(Clone, Debug)]
@@ -82,23 +77,47 @@ pub async fn run(
     config: Config,
     shutdown: impl Future,
 ) {
-    let (notify_shutdown, _) = broadcast::channel(1);
+    let watcher = match Watcher::new() {
+        Ok(w) => w,
+        Err(e) => {
+            error!(cause = %e, "cannot create the connection watcher");
+            return;
+        }
+    };
+    let watch_thread = {
+        let w = watcher.clone();
+        match std::thread::Builder::new()
+            .name("p11fwd-watch".into())
+            .spawn(move || w.run())
+        {
+            Ok(t) => t,
+            Err(e) => {
+                error!(cause = %e, "cannot start the connection watcher");
+                return;
+            }
+        }
+    };
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel::<()>(1);
     let active = Arc::new(AtomicUsize::new(0));
-    let waits = Arc::new(Semaphore::new(config.max_waits));
     let modules = shared.modules.clone();
     let events = shared.events.clone();
+    let env = Arc::new(Env {
+        shared,
+        limits: config.limits,
+        max_in_flight: config.max_in_flight as usize,
+        max_waits_per_connection: config.max_waits_per_connection,
+        waits: Arc::new(Semaphore::new(config.max_waits)),
+        rt: tokio::runtime::Handle::current(),
+        watcher: watcher.clone(),
+    });
     let mut server = Listener {
         listener,
-        shared,
-        waits,
+        env,
+        limit_connections: Arc::new(Semaphore::new(config.max_connections)),
         config: Arc::new(config),
-        limit_connections: Arc::new(Semaphore::new(1)),
-        notify_shutdown,
         shutdown_complete_tx,
         active: active.clone(),
     };
-    server.limit_connections = Arc::new(Semaphore::new(server.config.max_connections));
     let idle = server.config.idle_timeout;
     tokio::select! {
         res = server.run() => {
@@ -114,16 +133,19 @@ pub async fn run(
         }
     }
     let Listener {
-        notify_shutdown,
         shutdown_complete_tx,
         ..
     } = server;
-    drop(notify_shutdown);
+    watcher.shutdown_all();
     drop(shutdown_complete_tx);
     let _ = shutdown_complete_rx.recv().await;
+    watcher.stop();
     // Every connection is gone: end the module waits of the slot event threads.
-    let _ = tokio::task::spawn_blocking(move || events.shutdown(&modules, Duration::from_secs(2)))
-        .await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = watch_thread.join();
+        events.shutdown(&modules, Duration::from_secs(2));
+    })
+    .await;
 }
 
 async fn idle_timer(timeout: Option<Duration>, active: Arc<AtomicUsize>) {
@@ -143,14 +165,20 @@ async fn idle_timer(timeout: Option<Duration>, active: Arc<AtomicUsize>) {
 
 struct Listener {
     listener: UnixListener,
-    shared: Arc<Shared>,
-    /// Pending blocking C_WaitForSlotEvent calls, all connections together.
-    waits: Arc<Semaphore>,
+    env: Arc<Env>,
     config: Arc<Config>,
     limit_connections: Arc<Semaphore>,
-    notify_shutdown: broadcast::Sender<()>,
     shutdown_complete_tx: mpsc::Sender<()>,
     active: Arc<AtomicUsize>,
+}
+
+/// What a connection holds until it is completely gone.
+#[derive(Debug)]
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _active: ActiveGuard,
+    /// The last drop completes the server's shutdown.
+    _shutdown_complete: mpsc::Sender<()>,
 }
 
 impl Listener {
@@ -163,19 +191,46 @@ impl Listener {
                 .await
                 .map_err(std::io::Error::other)?;
             let stream = self.accept().await?;
-            let handler = Handler {
-                shared: self.shared.clone(),
-                waits: self.waits.clone(),
-                config: self.config.clone(),
-                shutdown: Shutdown::new(self.notify_shutdown.subscribe()),
+            if !self.peer_allowed(&stream) {
+                let cred = stream.peer_cred().ok();
+                warn!(uid = ?cred.map(|c| c.uid()), gid = ?cred.map(|c| c.gid()), "connection refused: peer credentials not allowed");
+                continue;
+            }
+            let held = Held {
+                _permit: permit,
+                _active: ActiveGuard::new(self.active.clone()),
                 _shutdown_complete: self.shutdown_complete_tx.clone(),
-                active: ActiveGuard::new(self.active.clone()),
             };
-            tokio::spawn(async move {
-                handler.run(stream).await;
-                drop(permit);
-            });
+            let sock = match stream.into_std().and_then(|s| {
+                s.set_nonblocking(false)?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(cause = %e, "cannot take over a connection");
+                    continue;
+                }
+            };
+            let env = self.env.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("p11fwd-conn".into())
+                .stack_size(CONN_STACK)
+                .spawn(move || conn::serve(env, sock, Box::new(held)))
+            {
+                warn!(cause = %e, "cannot start a connection thread; connection closed");
+            }
         }
+    }
+
+    fn peer_allowed(&self, stream: &UnixStream) -> bool {
+        let Ok(cred) = stream.peer_cred() else {
+            return false;
+        };
+        let me = rustix::process::geteuid().as_raw();
+        cred.uid() == me
+            || cred.uid() == 0 && me == 0
+            || self.config.allowed_uids.contains(&cred.uid())
+            || self.config.allowed_gids.contains(&cred.gid())
     }
 
     /// Accept, retrying with backoff on errors such as EMFILE.
@@ -198,6 +253,7 @@ impl Listener {
 }
 
 /// Counts live connections for the idle timeout.
+#[derive(Debug)]
 struct ActiveGuard(Arc<AtomicUsize>);
 
 impl ActiveGuard {
@@ -211,405 +267,4 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-/// Remembers whether the shutdown signal arrived (mini-redis `shutdown.rs`).
-struct Shutdown {
-    is_shutdown: bool,
-    notify: broadcast::Receiver<()>,
-}
-
-impl Shutdown {
-    fn new(notify: broadcast::Receiver<()>) -> Self {
-        Self {
-            is_shutdown: false,
-            notify,
-        }
-    }
-
-    async fn recv(&mut self) {
-        if self.is_shutdown {
-            return;
-        }
-        let _ = self.notify.recv().await;
-        self.is_shutdown = true;
-    }
-}
-
-struct Handler {
-    shared: Arc<Shared>,
-    waits: Arc<Semaphore>,
-    config: Arc<Config>,
-    shutdown: Shutdown,
-    /// Dropped when the handler is done: the last drop completes the server's shutdown.
-    _shutdown_complete: mpsc::Sender<()>,
-    active: ActiveGuard,
-}
-
-/// Closes what a connection left open, even if its handler task is cancelled or panics.
-struct ConnGuard {
-    shared: Arc<Shared>,
-    conn: Arc<Mutex<Conn>>,
-    done: bool,
-}
-
-impl ConnGuard {
-    async fn release(mut self) {
-        let (shared, conn) = (self.shared.clone(), self.conn.clone());
-        let _ = tokio::task::spawn_blocking(move || dispatch::release_all(&shared, &conn)).await;
-        self.done = true;
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            dispatch::release_all(&self.shared, &self.conn);
-        }
-    }
-}
-
-impl Handler {
-    fn peer_allowed(&self, stream: &UnixStream) -> bool {
-        let Ok(cred) = stream.peer_cred() else {
-            return false;
-        };
-        let me = rustix::process::geteuid().as_raw();
-        cred.uid() == me
-            || cred.uid() == 0 && me == 0
-            || self.config.allowed_uids.contains(&cred.uid())
-            || self.config.allowed_gids.contains(&cred.gid())
-    }
-
-    async fn run(mut self, mut stream: UnixStream) {
-        let _active = &self.active;
-        if !self.peer_allowed(&stream) {
-            let cred = stream.peer_cred().ok();
-            warn!(uid = ?cred.map(|c| c.uid()), gid = ?cred.map(|c| c.gid()), "connection refused: peer credentials not allowed");
-            return;
-        }
-        let dialect = tokio::select! {
-            r = accept_version(&mut stream) => match r {
-                Ok((offered, d)) => {
-                    debug!(offered, version = d.version(), "connection accepted");
-                    d
-                }
-                Err(e) => {
-                    debug!(cause = %e, "connection closed before the version byte");
-                    return;
-                }
-            },
-            _ = self.shutdown.recv() => return,
-        };
-        let id = self.shared.next_conn_id();
-        let conn = Arc::new(Mutex::new(Conn::new(id, dialect)));
-        let guard = ConnGuard {
-            shared: self.shared.clone(),
-            conn: conn.clone(),
-            done: false,
-        };
-        let (read, mut write) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let writer = tokio::spawn(async move {
-            while let Some(bytes) = rx.recv().await {
-                if let Err(e) = write.write_all(&bytes).await {
-                    debug!(cause = %e, "write failed; peer gone");
-                    break;
-                }
-            }
-        });
-        let in_flight = Arc::new(Semaphore::new(self.config.max_in_flight as usize));
-        let conn_waits = Arc::new(Semaphore::new(self.config.max_waits_per_connection));
-        // Bumped by C_Finalize and when the connection ends: pending slot waits give up.
-        let (cancel_waits, _) = watch::channel(0u64);
-        let mut reader = FrameReader::new(read, self.config.limits);
-        let mut lanes: HashMap<u64, oneshot::Receiver<()>> = HashMap::new();
-        loop {
-            let frame = tokio::select! {
-                f = reader.read_frame() => f,
-                _ = self.shutdown.recv() => break,
-            };
-            let frame = match frame {
-                Ok(Some(f)) => f,
-                Ok(None) => {
-                    debug!(conn = id, "peer closed the connection");
-                    break;
-                }
-                Err(e) => {
-                    warn!(conn = id, cause = %e, "malformed frame; closing the connection");
-                    break;
-                }
-            };
-            let req = match Request::decode(&frame.body, dialect) {
-                Ok(r) => r,
-                Err(ProtocolError::UnknownCall(call)) => {
-                    debug!(conn = id, call, "unknown call id");
-                    send(
-                        &tx,
-                        frame.code,
-                        &Reply::Error(Rv(CKR_FUNCTION_NOT_SUPPORTED)),
-                        dialect,
-                        None,
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    warn!(conn = id, cause = %e, "malformed request; closing the connection");
-                    break;
-                }
-            };
-            if req.call == CallId::WaitForSlotEvent {
-                let flags = match req.args.first() {
-                    Some(Arg::Ulong(f)) => *f,
-                    _ => 0,
-                };
-                // A blocking wait takes its permits here, in arrival order.
-                let permits = if flags & CKF_DONT_BLOCK == 0 {
-                    match (
-                        conn_waits.clone().try_acquire_owned(),
-                        self.waits.clone().try_acquire_owned(),
-                    ) {
-                        (Ok(mine), Ok(all)) => Some((mine, all)),
-                        _ => None,
-                    }
-                } else {
-                    None
-                };
-                let wait = SlotWait {
-                    shared: self.shared.clone(),
-                    conn: conn.clone(),
-                    flags,
-                    cancel: cancel_waits.subscribe(),
-                    permits,
-                };
-                let (tx, code, body_len, dialect) =
-                    (tx.clone(), frame.code, frame.body.len(), dialect);
-                tokio::spawn(async move {
-                    let start = Instant::now();
-                    let reply = slot_event(wait).await;
-                    let out_len = send(&tx, code, &reply, dialect, None);
-                    trace_call(
-                        CallId::WaitForSlotEvent,
-                        None,
-                        &reply,
-                        start.elapsed(),
-                        body_len,
-                        out_len,
-                    );
-                });
-                continue;
-            }
-            if req.call == CallId::Finalize {
-                cancel_waits.send_modify(|e| *e = e.wrapping_add(1));
-            }
-            let barrier = dispatch::is_barrier(req.call);
-            let permits = if barrier {
-                self.config.max_in_flight
-            } else {
-                1
-            };
-            let permit = tokio::select! {
-                p = in_flight.clone().acquire_many_owned(permits) => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = self.shutdown.recv() => break,
-            };
-            // Chain requests of one session: each waits for its predecessor.
-            let lane = dispatch::session_of(&req);
-            let (done_tx, done_rx) = oneshot::channel();
-            let prev = lane.and_then(|s| lanes.insert(s, done_rx));
-            if lanes.len() > 4096 {
-                lanes.retain(|_, rx| {
-                    matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                });
-            }
-            let task = Task {
-                shared: self.shared.clone(),
-                conn: conn.clone(),
-                tx: tx.clone(),
-                code: frame.code,
-                body_len: frame.body.len(),
-                req,
-                dialect,
-            };
-            let handle = tokio::spawn(task.run(prev, done_tx, permit));
-            if barrier {
-                // Nothing else is read until the barrier call is done.
-                let _ = handle.await;
-            }
-        }
-        // End the pending slot waits, wait for everything in flight, then clean up what the peer
-        // left open.
-        cancel_waits.send_modify(|e| *e = e.wrapping_add(1));
-        let _ = in_flight.acquire_many(self.config.max_in_flight).await;
-        guard.release().await;
-        drop(tx);
-        let _ = writer.await;
-        debug!(conn = id, "connection closed");
-    }
-}
-
-struct Task {
-    shared: Arc<Shared>,
-    conn: Arc<Mutex<Conn>>,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    code: u32,
-    body_len: usize,
-    req: Request,
-    dialect: p11fwd_wire::Dialect,
-}
-
-impl Task {
-    async fn run(
-        self,
-        prev: Option<oneshot::Receiver<()>>,
-        done: oneshot::Sender<()>,
-        permit: OwnedSemaphorePermit,
-    ) {
-        if let Some(prev) = prev {
-            let _ = prev.await;
-        }
-        let Self {
-            shared,
-            conn,
-            tx,
-            code,
-            body_len,
-            req,
-            dialect,
-        } = self;
-        let start = Instant::now();
-        let call = req.call;
-        let session = dispatch::session_of(&req);
-        let mech = dispatch::mechanism_of(&req);
-        let reply = tokio::task::spawn_blocking(move || dispatch::dispatch(&shared, &conn, &req))
-            .await
-            .unwrap_or_else(|e| {
-                error!(call = %call, cause = %e, "request handler panicked");
-                Reply::Error(Rv(CKR_GENERAL_ERROR))
-            });
-        let out_len = send(&tx, code, &reply, dialect, mech);
-        trace_call(call, session, &reply, start.elapsed(), body_len, out_len);
-        let _ = done.send(());
-        drop(permit);
-    }
-}
-
-/// A `C_WaitForSlotEvent` request and what it needs.
-struct SlotWait {
-    shared: Arc<Shared>,
-    conn: Arc<Mutex<Conn>>,
-    flags: u64,
-    /// Changes when the connection finalises or ends.
-    cancel: watch::Receiver<u64>,
-    /// For a blocking wait: its places among the connection's and all pending waits (`None`
-    /// if either cap was reached).
-    permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
-}
-
-/// `C_WaitForSlotEvent`: the connection's virtual slot with an event (see [`crate::events`]).
-async fn slot_event(mut w: SlotWait) -> Reply {
-    let ok = |slot: u64| Reply::Ok {
-        call: CallId::WaitForSlotEvent,
-        args: vec![Arg::Ulong(slot)],
-    };
-    let (id, tokens) = match lock(&w.conn) {
-        Ok(c) if c.initialized => (c.id, c.slots.iter().map(|s| s.token).collect()),
-        Ok(_) => return Reply::Error(Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
-        Err(rv) => return Reply::Error(rv),
-    };
-    let events = w.shared.events.clone();
-    let sub = match events.subscribe(id, tokens) {
-        Ok(s) => s,
-        Err(rv) => return Reply::Error(rv),
-    };
-    if w.flags & CKF_DONT_BLOCK != 0 {
-        // May ask the modules (without blocking): off the reactor.
-        let shared = w.shared.clone();
-        return match tokio::task::spawn_blocking(move || shared.events.poll(&shared.modules, &sub))
-            .await
-        {
-            Ok(Ok(slot)) => ok(slot),
-            Ok(Err(rv)) => Reply::Error(rv),
-            Err(_) => Reply::Error(Rv(CKR_GENERAL_ERROR)),
-        };
-    }
-    let Some(_permits) = w.permits.take() else {
-        warn!(conn = id, "too many pending C_WaitForSlotEvent calls");
-        return Reply::Error(Rv(CKR_FUNCTION_FAILED));
-    };
-    let mut changed = sub.watch();
-    let _registered = match events.begin_wait(&w.shared.modules, &sub) {
-        Ok(g) => g,
-        Err(rv) => return Reply::Error(rv),
-    };
-    loop {
-        match sub.next() {
-            Some(Ok(slot)) => return ok(slot),
-            Some(Err(rv)) => return Reply::Error(rv),
-            None => {}
-        }
-        tokio::select! {
-            r = changed.changed() => if r.is_err() {
-                return Reply::Error(Rv(CKR_GENERAL_ERROR));
-            },
-            _ = w.cancel.changed() => return Reply::Error(Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
-        }
-    }
-}
-
-fn trace_call(
-    call: CallId,
-    session: Option<u64>,
-    reply: &Reply,
-    took: Duration,
-    in_len: usize,
-    out_len: usize,
-) {
-    // The CK_RV the client sees: an ERROR frame's, or the one embedded in C_GetAttributeValue
-    // (SENSITIVE, TYPE_INVALID, BUFFER_TOO_SMALL) and C_DeriveKey2 replies.
-    let rv = match reply {
-        Reply::Ok { call, args } => {
-            let embedded = match (call, args.as_slice()) {
-                (CallId::GetAttributeValue, [_, Arg::Ulong(rv)])
-                | (CallId::DeriveKey2, [Arg::Ulong(rv), ..]) => *rv,
-                _ => p11fwd_wire::consts::CKR_OK,
-            };
-            format!("{:?}", Rv(embedded))
-        }
-        Reply::Error(rv) => format!("{rv:?}"),
-    };
-    debug!(
-        target: "p11fwd::call",
-        call = call.name(),
-        session = ?session,
-        rv = %rv,
-        us = took.as_micros() as u64,
-        in_bytes = in_len,
-        out_bytes = out_len,
-    );
-}
-
-/// Encode and queue a reply; returns the body length.
-fn send(
-    tx: &mpsc::UnboundedSender<Vec<u8>>,
-    code: u32,
-    reply: &Reply,
-    dialect: p11fwd_wire::Dialect,
-    mech: Option<u64>,
-) -> usize {
-    let body = match reply.encode(dialect, mech) {
-        Ok(b) => b,
-        Err(e) => {
-            error!(cause = %e, "cannot encode a reply");
-            match Reply::Error(Rv(CKR_GENERAL_ERROR)).encode(dialect, None) {
-                Ok(b) => b,
-                Err(_) => return 0,
-            }
-        }
-    };
-    let n = body.len();
-    let _ = tx.send(frame::encode(code, &[], &body));
-    n
 }

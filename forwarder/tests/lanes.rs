@@ -1,0 +1,526 @@
+//! Concurrency within one connection: lanes (a session's requests in arrival order), out-of-order
+//! replies, requests that arrive while the connection's thread is inside the module (the
+//! watcher hands them to the pool), the in-flight cap, a PIN-pad login, shutdown with a call
+//! running, and many threads sharing one connection.
+//!
+//! The slow calls come from `tests/fixtures/fake-slow.c`, a module built here with `cc` that is
+//! SoftHSM with C_GenerateRandom of 13 bytes held until the test creates `release`, and
+//! C_Login without a PIN (a PIN pad) held until the test writes the PIN to `pin`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Fwd, FwdExt, find_one, session};
+use p11fwd_tests::{Key, TestToken, require_tool, run_ok};
+use p11fwd_wire::client::{OutCap, Output, req};
+use p11fwd_wire::consts::*;
+use p11fwd_wire::frame::{self, Limits};
+use p11fwd_wire::{Arg, ByteArray, CallId, Dialect, Mechanism, Reply, Request};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// The fake module and its directory.
+struct Fake {
+    dir: TempDir,
+    module: PathBuf,
+}
+
+impl Fake {
+    fn build() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("p11fwd-slow.")
+            .tempdir()
+            .unwrap();
+        let module = dir.path().join("libfake-slow.so");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-slow.c");
+        run_ok(
+            Command::new(require_tool("cc"))
+                .args(["-Wall", "-shared", "-fPIC", "-o"])
+                .arg(&module)
+                .arg(source)
+                .arg("-ldl"),
+        );
+        std::fs::create_dir(dir.path().join("files")).unwrap();
+        Self { dir, module }
+    }
+
+    fn files(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    fn serve(&self, token: &TestToken) -> Fwd {
+        common::builder(token)
+            .provider(&self.module)
+            .env("P11FWD_FAKE_SLOW", self.files())
+            .start()
+    }
+
+    /// Whether a held C_GenerateRandom is inside the module.
+    fn in_random(&self) -> bool {
+        self.files().join("in-random").exists()
+    }
+
+    /// Let one held C_GenerateRandom go.
+    fn release(&self) {
+        let release = self.files().join("release");
+        wait_until("the previous release to be taken", || !release.exists());
+        std::fs::write(release, "").unwrap();
+    }
+
+    fn in_login(&self) -> bool {
+        self.files().join("in-login").exists()
+    }
+
+    /// Type the PIN on the "PIN pad".
+    fn type_pin(&self, pin: &str) {
+        let tmp = self.files().join("pin.new");
+        std::fs::write(&tmp, pin).unwrap();
+        std::fs::rename(tmp, self.files().join("pin")).unwrap();
+    }
+}
+
+#[track_caller]
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A connection driven frame by frame, for requests left pending and replies out of order.
+struct Raw {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    /// The call of each code sent and not answered yet.
+    calls: std::collections::HashMap<u32, CallId>,
+}
+
+impl Raw {
+    fn open(fwd: &Fwd) -> Self {
+        let mut stream = UnixStream::connect(fwd.socket_path()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(&[2]).unwrap();
+        let mut v = [0u8];
+        stream.read_exact(&mut v).unwrap();
+        assert_eq!(v[0], 2);
+        let mut raw = Self {
+            stream,
+            buf: Vec::new(),
+            calls: Default::default(),
+        };
+        raw.send(&[(1, req::initialize(None))]);
+        assert_eq!(raw.recv_ok(), (1, vec![]));
+        raw
+    }
+
+    /// Send requests in one write.
+    fn send(&mut self, reqs: &[(u32, Request)]) {
+        let mut bytes = Vec::new();
+        for (code, r) in reqs {
+            self.calls.insert(*code, r.call);
+            let body = r.encode(Dialect::V2).unwrap();
+            bytes.extend(frame::encode(*code, frame::CLIENT_OPTIONS, &body));
+        }
+        self.stream.write_all(&bytes).unwrap();
+    }
+
+    /// The next reply, or `None` if none comes within `wait`.
+    fn try_recv(&mut self, wait: Duration) -> Option<(u32, Reply)> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some((f, n)) = frame::parse(&self.buf, Limits::DEFAULT).unwrap() {
+                self.buf.drain(..n);
+                let call = self
+                    .calls
+                    .remove(&f.code)
+                    .expect("a reply to a request sent");
+                let reply = Reply::decode(&f.body, call, Dialect::V2, None).unwrap();
+                return Some((f.code, reply));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("connection closed"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[track_caller]
+    fn recv(&mut self) -> (u32, Reply) {
+        self.try_recv(Duration::from_secs(20))
+            .expect("a reply within 20 s")
+    }
+
+    #[track_caller]
+    fn recv_ok(&mut self) -> (u32, Vec<Arg>) {
+        match self.recv() {
+            (code, Reply::Ok { args, .. }) => (code, args),
+            (code, Reply::Error(rv)) => panic!("request {code}: {rv:?}"),
+        }
+    }
+
+    /// The codes of the next `n` replies (all OK), in arrival order.
+    #[track_caller]
+    fn codes_ok(&mut self, n: usize) -> Vec<u32> {
+        (0..n).map(|_| self.recv_ok().0).collect()
+    }
+
+    /// Asserts that no reply arrives for a while.
+    #[track_caller]
+    fn nothing_for(&mut self, wait: Duration) {
+        if let Some((code, reply)) = self.try_recv(wait) {
+            panic!("unexpected reply to request {code}: {reply:?}");
+        }
+    }
+
+    fn slot(&mut self, code: u32) -> u64 {
+        self.send(&[(code, req::get_slot_list(true, OutCap::Buffer(8)))]);
+        match self.recv_ok().1.as_slice() {
+            [Arg::UlongArray(p11fwd_wire::UlongArray::Data(v))] => v[0],
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn open_session(&mut self, code: u32, slot: u64) -> u64 {
+        self.send(&[(
+            code,
+            req::open_session(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION),
+        )]);
+        match self.recv_ok().1.as_slice() {
+            [Arg::Ulong(s)] => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The C_GenerateRandom of 13 bytes the fake module holds.
+fn held_random(s: u64) -> Request {
+    req::data_out(Dialect::V2, CallId::GenerateRandom, s, OutCap::Buffer(13))
+}
+
+fn random_len(args: &[Arg]) -> usize {
+    match args {
+        [Arg::ByteArray(ByteArray::Data(d))] => d.len(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_call_inside_the_module_holds_only_its_session() {
+    let fake = Fake::build();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = fake.serve(&token);
+    let mut raw = Raw::open(&fwd);
+    let slot = raw.slot(2);
+    let (s1, s2) = (raw.open_session(3, slot), raw.open_session(4, slot));
+
+    // A call the connection's thread runs itself, stuck in the module.
+    raw.send(&[(10, held_random(s1))]);
+    wait_until("the held call", || fake.in_random());
+    // Requests arriving meanwhile: another session's and a session-less one are answered...
+    raw.send(&[(11, req::get_session_info(s2))]);
+    assert_eq!(raw.recv_ok().0, 11);
+    raw.send(&[(12, req::get_info())]);
+    assert_eq!(raw.recv_ok().0, 12);
+    // ... several in one write too, but not the held session's, which waits its turn.
+    raw.send(&[
+        (13, req::get_session_info(s1)),
+        (14, req::get_session_info(s2)),
+        (15, req::get_token_info(slot)),
+    ]);
+    let mut got = raw.codes_ok(2);
+    got.sort();
+    assert_eq!(got, [14, 15]);
+    raw.nothing_for(Duration::from_millis(300));
+    // Other connections are served as well.
+    let other = fwd.client(2);
+    assert_eq!(other.slots(true).unwrap(), [0x11]);
+    // Released: the held call's reply, then the request queued behind it on its session.
+    fake.release();
+    let (code, args) = raw.recv_ok();
+    assert_eq!((code, random_len(&args)), (10, 13));
+    assert_eq!(raw.recv_ok().0, 13);
+
+    // The same with everything in one write: the held call's session is run by the connection
+    // thread, the rest by the pool.
+    raw.send(&[
+        (20, held_random(s1)),
+        (21, req::get_session_info(s2)),
+        (22, req::get_info()),
+        (23, req::get_session_info(s1)),
+        (24, req::get_session_info(s2)),
+    ]);
+    let mut got = raw.codes_ok(3);
+    got.sort();
+    assert_eq!(got, [21, 22, 24]);
+    assert!(fake.in_random());
+    raw.nothing_for(Duration::from_millis(300));
+    fake.release();
+    assert_eq!(raw.codes_ok(2), [20, 23]);
+
+    // And with the session-less request first: the pool runs the held session.
+    raw.send(&[
+        (30, req::get_info()),
+        (31, held_random(s1)),
+        (32, req::get_info()),
+        (33, req::get_session_info(s1)),
+    ]);
+    let mut got = raw.codes_ok(2);
+    got.sort();
+    assert_eq!(got, [30, 32]);
+    wait_until("the held call", || fake.in_random());
+    raw.send(&[(34, req::get_session_info(s2))]);
+    assert_eq!(raw.recv_ok().0, 34);
+    fake.release();
+    assert_eq!(raw.codes_ok(2), [31, 33]);
+}
+
+#[test]
+fn the_in_flight_cap_holds_reading_and_resumes() {
+    let fake = Fake::build();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = fake.serve(&token);
+    let mut raw = Raw::open(&fwd);
+    let slot = raw.slot(2);
+    let (s1, s2) = (raw.open_session(3, slot), raw.open_session(4, slot));
+    raw.send(&[(1000, held_random(s1))]);
+    wait_until("the held call", || fake.in_random());
+    // 100 requests on another session (the cap is 64 in flight): all answered, in order, while
+    // the held call stays in the module.
+    let batch: Vec<(u32, Request)> = (1..=100).map(|c| (c, req::get_session_info(s2))).collect();
+    raw.send(&batch);
+    assert_eq!(raw.codes_ok(100), (1..=100).collect::<Vec<_>>());
+    assert!(fake.in_random());
+    // 100 on the held session: none before the held call's reply, then all in order.
+    let batch: Vec<(u32, Request)> = (101..=200)
+        .map(|c| (c, req::get_session_info(s1)))
+        .collect();
+    raw.send(&batch);
+    raw.nothing_for(Duration::from_millis(300));
+    fake.release();
+    let mut want = vec![1000];
+    want.extend(101..=200);
+    assert_eq!(raw.codes_ok(101), want);
+}
+
+#[test]
+fn a_pin_pad_login_blocks_nobody() {
+    let fake = Fake::build();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = fake.serve(&token);
+    let mut raw = Raw::open(&fwd);
+    let slot = raw.slot(2);
+    let (s1, s2) = (raw.open_session(3, slot), raw.open_session(4, slot));
+    raw.send(&[(10, req::login(s1, CKU_USER, None))]);
+    wait_until("the PIN pad", || fake.in_login());
+    // The connection's other session and another connection go on while the PIN is typed.
+    let data = b"digest me";
+    for i in 0..10u32 {
+        raw.send(&[
+            (
+                100 + 2 * i,
+                req::digest_init(s2, Some(Mechanism::new(CKM_SHA256))),
+            ),
+            (
+                101 + 2 * i,
+                req::data_in_out(Dialect::V2, CallId::Digest, s2, data, OutCap::Buffer(32)),
+            ),
+        ]);
+        assert_eq!(raw.recv_ok().0, 100 + 2 * i);
+        let (code, args) = raw.recv_ok();
+        assert_eq!(code, 101 + 2 * i);
+        assert_eq!(
+            args,
+            [Arg::ByteArray(ByteArray::Data(
+                Sha256::digest(data).to_vec()
+            ))]
+        );
+    }
+    let other = fwd.client(2);
+    let so = session(&other);
+    assert_eq!(
+        other
+            .generate_random(so, OutCap::Buffer(32))
+            .unwrap()
+            .into_data(CallId::GenerateRandom)
+            .unwrap()
+            .len(),
+        32
+    );
+    assert!(fake.in_login());
+    fake.type_pin(token.user_pin());
+    assert_eq!(raw.recv_ok().0, 10);
+    // Logged in: the connection's sessions see the private key.
+    raw.send(&[(
+        20,
+        req::find_objects_init(
+            s2,
+            vec![p11fwd_wire::Attribute::ulong(CKA_CLASS, CKO_PRIVATE_KEY)],
+        ),
+    )]);
+    assert_eq!(raw.recv_ok().0, 20);
+    raw.send(&[(21, req::find_objects(s2, 8))]);
+    match raw.recv_ok() {
+        (21, args) => assert!(
+            matches!(args.as_slice(), [Arg::UlongArray(p11fwd_wire::UlongArray::Data(v))] if v.len() == 1),
+            "{args:?}"
+        ),
+        (code, _) => panic!("{code}"),
+    }
+}
+
+#[test]
+fn sigterm_lets_a_running_call_finish() {
+    let fake = Fake::build();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let mut fwd = fake.serve(&token);
+    let mut raw = Raw::open(&fwd);
+    let slot = raw.slot(2);
+    let s = raw.open_session(3, slot);
+    raw.send(&[(10, held_random(s))]);
+    wait_until("the held call", || fake.in_random());
+    fwd.signal(rustix::process::Signal::TERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(fwd.alive(), "exited with a call inside the module");
+    fake.release();
+    let (code, args) = raw.recv_ok();
+    assert_eq!((code, random_len(&args)), (10, 13));
+    let status = fwd.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        fwd.log()
+    );
+    assert!(!fwd.socket_path().exists());
+}
+
+/// Eight threads, each with its own session, share one connection and pipeline
+/// `C_DigestInit` + `C_Digest` (and `C_SignInit` + `C_Sign`): every reply is the right one.
+#[test]
+fn threads_share_one_connection() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = common::start(&token);
+    let c = fwd.client(2);
+    let s0 = session(&c);
+    c.login(s0, CKU_USER, Some(token.user_pin().as_bytes()))
+        .unwrap();
+    let key = find_one(&c, s0, "ec-p256", CKO_PRIVATE_KEY);
+    std::thread::scope(|scope| {
+        for t in 0..8u32 {
+            let c = &c;
+            scope.spawn(move || {
+                let s = session(c);
+                for i in 0..150u32 {
+                    let data = format!("thread {t} request {i}");
+                    let mut reqs = vec![
+                        req::digest_init(s, Some(Mechanism::new(CKM_SHA256))),
+                        req::data_in_out(
+                            Dialect::V2,
+                            CallId::Digest,
+                            s,
+                            data.as_bytes(),
+                            OutCap::Buffer(32),
+                        ),
+                    ];
+                    if i % 10 == 0 {
+                        reqs.push(req::get_info());
+                        reqs.push(req::init_with_key(
+                            CallId::SignInit,
+                            s,
+                            Some(Mechanism::new(CKM_ECDSA)),
+                            key,
+                        ));
+                        reqs.push(req::data_in_out(
+                            Dialect::V2,
+                            CallId::Sign,
+                            s,
+                            &[7; 32],
+                            OutCap::Buffer(64),
+                        ));
+                    }
+                    let mut replies: Vec<Vec<Arg>> = c
+                        .connection()
+                        .call_batch(&reqs)
+                        .into_iter()
+                        .map(|r| r.unwrap_or_else(|e| panic!("thread {t} request {i}: {e}")))
+                        .collect();
+                    let digest =
+                        p11fwd_wire::client::parse::output(replies.swap_remove(1)).unwrap();
+                    assert_eq!(
+                        digest,
+                        Output::Data(Sha256::digest(data.as_bytes()).to_vec()),
+                        "thread {t} request {i}"
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_barrier_waits_for_a_call_inside_the_module() {
+    let fake = Fake::build();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = fake.serve(&token);
+    let mut raw = Raw::open(&fwd);
+    let slot = raw.slot(2);
+    let (s1, s2) = (raw.open_session(3, slot), raw.open_session(4, slot));
+    raw.send(&[(10, held_random(s1))]);
+    wait_until("the held call", || fake.in_random());
+    // C_CloseAllSessions, then requests behind it: nothing overtakes the barrier, which waits
+    // for the call inside the module.
+    raw.send(&[
+        (11, req::close_all_sessions(slot)),
+        (12, req::get_session_info(s2)),
+        (13, req::get_info()),
+    ]);
+    raw.nothing_for(Duration::from_millis(300));
+    fake.release();
+    assert_eq!(raw.recv_ok().0, 10);
+    assert_eq!(raw.recv_ok().0, 11);
+    let mut rest = [raw.recv(), raw.recv()];
+    rest.sort_by_key(|(code, _)| *code);
+    assert_eq!(
+        rest[0],
+        (
+            12,
+            Reply::Error(p11fwd_wire::Rv(CKR_SESSION_HANDLE_INVALID))
+        )
+    );
+    assert!(matches!(rest[1], (13, Reply::Ok { .. })));
+    // The same with C_Finalize, sent in a later write while the call is inside the module.
+    let s3 = raw.open_session(20, slot);
+    raw.send(&[(21, held_random(s3))]);
+    wait_until("the held call", || fake.in_random());
+    raw.send(&[(22, req::get_info())]);
+    assert_eq!(raw.recv_ok().0, 22);
+    raw.send(&[(23, req::finalize())]);
+    raw.send(&[(24, req::get_info())]);
+    raw.nothing_for(Duration::from_millis(300));
+    fake.release();
+    assert_eq!(raw.recv_ok().0, 21);
+    assert_eq!(raw.recv_ok().0, 23);
+    assert_eq!(
+        raw.recv(),
+        (
+            24,
+            Reply::Error(p11fwd_wire::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))
+        )
+    );
+}
