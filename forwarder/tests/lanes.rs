@@ -1,7 +1,7 @@
 //! Concurrency within one connection: lanes (a session's requests in arrival order), out-of-order
 //! replies, requests that arrive while the connection's thread is inside the module (the
-//! watcher hands them to the pool), the in-flight cap, a PIN-pad login, shutdown with a call
-//! running, and many threads sharing one connection.
+//! watcher hands them to the pool), the in-flight cap, a PIN-pad login, barriers and shutdown
+//! with a call running, many threads sharing one connection, and frames in any chunking.
 //!
 //! The slow calls come from `tests/fixtures/fake-slow.c`, a module built here with `cc` that is
 //! SoftHSM with C_GenerateRandom of 13 bytes held until the test creates `release`, and
@@ -523,4 +523,71 @@ fn a_barrier_waits_for_a_call_inside_the_module() {
             Reply::Error(p11fwd_wire::Rv(CKR_CRYPTOKI_NOT_INITIALIZED))
         )
     );
+}
+
+/// The version byte and the first requests in one write (what a client that does not wait for
+/// the version answer sends), a frame trickled byte by byte, and a 2 MiB frame then small ones.
+#[test]
+fn frames_arrive_in_any_chunking() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = common::start(&token);
+    let mut stream = UnixStream::connect(fwd.socket_path()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut bytes = vec![2u8];
+    for (code, r) in [(1, req::initialize(None)), (2, req::get_info())] {
+        bytes.extend(frame::encode(
+            code,
+            frame::CLIENT_OPTIONS,
+            &r.encode(Dialect::V2).unwrap(),
+        ));
+    }
+    stream.write_all(&bytes).unwrap();
+    let mut v = [0u8];
+    stream.read_exact(&mut v).unwrap();
+    assert_eq!(v[0], 2);
+    let mut raw = Raw {
+        stream,
+        buf: Vec::new(),
+        calls: [(1, CallId::Initialize), (2, CallId::GetInfo)].into(),
+    };
+    assert_eq!(raw.codes_ok(2), [1, 2]);
+    let slot = raw.slot(3);
+    let s = raw.open_session(4, slot);
+    // Byte by byte.
+    raw.calls.insert(5, CallId::GetSessionInfo);
+    let one = frame::encode(
+        5,
+        frame::CLIENT_OPTIONS,
+        &req::get_session_info(s).encode(Dialect::V2).unwrap(),
+    );
+    for b in one {
+        raw.stream.write_all(&[b]).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(raw.recv_ok().0, 5);
+    // 2 MiB in one frame, then small frames again.
+    let big: Vec<u8> = (0..2 << 20).map(|i| (i % 251) as u8).collect();
+    raw.send(&[
+        (6, req::digest_init(s, Some(Mechanism::new(CKM_SHA256)))),
+        (
+            7,
+            req::data_in_out(Dialect::V2, CallId::Digest, s, &big, OutCap::Buffer(32)),
+        ),
+        (8, req::get_session_info(s)),
+    ]);
+    assert_eq!(raw.recv_ok().0, 6);
+    assert_eq!(
+        raw.recv_ok(),
+        (
+            7,
+            vec![Arg::ByteArray(ByteArray::Data(
+                Sha256::digest(&big).to_vec()
+            ))]
+        )
+    );
+    assert_eq!(raw.recv_ok().0, 8);
+    raw.send(&[(9, req::get_info())]);
+    assert_eq!(raw.recv_ok().0, 9);
 }
