@@ -77,12 +77,12 @@ clippy:
 # The tests need the built binaries and cdylibs (tests/src/artifacts.rs), hence `build` first.
 nextest: build
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "$(CARGO) nextest run --workspace"; \
-		$(CARGO) nextest run --workspace; \
+		echo "$(CARGO) nextest run --workspace --no-fail-fast"; \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		echo "cargo-nextest not found, using cargo test"; \
-		echo "$(CARGO) test --workspace"; \
-		$(CARGO) test --workspace; \
+		echo "$(CARGO) test --workspace --no-fail-fast"; \
+		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
 test: deps
