@@ -192,3 +192,54 @@ pub(crate) fn raise_nofile() -> u64 {
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
+
+/// Bytes of the request and the reply of one signature through the client module (`C_SignInit`
+/// and `C_Sign` of ECDSA P-256 in one write, their two replies), rounded up.
+pub(crate) const FLOOR_REQUEST: usize = 160;
+pub(crate) const FLOOR_REPLY: usize = 128;
+
+/// The floor of any remoting design on this machine: request → reply between two processes
+/// over a Unix socket, with nothing done in between (`p11fwd-bench echo-peer` answers), in
+/// sorted nanoseconds.
+pub(crate) fn socket_floor(n: usize) -> Result<Vec<u64>> {
+    use std::process::{Command, Stdio};
+    let (mut s, peer) = UnixStream::pair()?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("echo-peer")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(peer.try_clone()?)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(peer)))
+        .spawn()
+        .context("start p11fwd-bench echo-peer")?;
+    let request = [0x5au8; FLOOR_REQUEST];
+    let mut reply = [0u8; FLOOR_REPLY];
+    let mut samples = Vec::with_capacity(n);
+    let result = (|| -> Result<()> {
+        for i in 0..n + n / 10 {
+            let t = Instant::now();
+            s.write_all(&request)?;
+            s.read_exact(&mut reply)?;
+            if i >= n / 10 {
+                samples.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
+        }
+        Ok(())
+    })();
+    drop(s);
+    let _ = child.wait();
+    result?;
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+/// `p11fwd-bench echo-peer`: the other end of [`socket_floor`], on stdin and stdout.
+pub(crate) fn echo_peer() -> Result<()> {
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut request = [0u8; FLOOR_REQUEST];
+    let reply = [0xa5u8; FLOOR_REPLY];
+    while input.read_exact(&mut request).is_ok() {
+        output.write_all(&reply)?;
+        output.flush()?;
+    }
+    Ok(())
+}

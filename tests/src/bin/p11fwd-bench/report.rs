@@ -107,6 +107,8 @@ pub(crate) struct Report {
     pub(crate) memory: Vec<MemoryRow>,
     pub(crate) signers: Vec<SignersRow>,
     pub(crate) targets: Vec<Target>,
+    /// p50 of a bare request/reply between two processes over a Unix socket, per 0 ms run.
+    pub(crate) floor_p50_ms: Vec<f64>,
 }
 
 /// A stack's description for tables.
@@ -146,6 +148,13 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 }
 
 impl Report {
+    /// The median of the socket floor's p50s, in ms.
+    pub(crate) fn floor_ms(&self) -> Option<f64> {
+        let mut v = self.floor_p50_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    }
+
     /// The single-thread run of `stack`/`workload` at `delay`.
     pub(crate) fn find(
         &self,
@@ -292,6 +301,25 @@ impl Report {
                         },
                     );
                 }
+            }
+            if delay == 0
+                && let Some(floor) = self.floor_ms()
+            {
+                let _ = writeln!(
+                    md,
+                    "\nThe socket floor: a bare request → reply of the same size ({} → {} bytes) \
+                     between two processes over a Unix socket, nothing done in between, takes \
+                     {:.1} µs (p50, median of the runs' p50s: {}). Any remoting design pays it once \
+                     per operation on top of the module's own time.",
+                    crate::alone::FLOOR_REQUEST,
+                    crate::alone::FLOOR_REPLY,
+                    floor * 1e3,
+                    self.floor_p50_ms
+                        .iter()
+                        .map(|v| format!("{:.1}", v * 1e3))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             md.push('\n');
         }
@@ -638,6 +666,8 @@ impl Report {
             })
             .collect();
         let _ = writeln!(j, "  \"connection_setup\": [\n{}\n  ],", setup.join(",\n"));
+        let floor: Vec<String> = self.floor_p50_ms.iter().map(|v| jn(*v)).collect();
+        let _ = writeln!(j, "  \"socket_floor_p50_ms\": [{}],", floor.join(", "));
         let mem: Vec<String> = self
             .memory
             .iter()
