@@ -8,19 +8,21 @@
 //! pkcs11-module-token-pin = file:/etc/p11fwd/pin
 //! pkcs11-module-login-behavior = auto
 //! pkcs11-module-cache-pins = cache
+//! pkcs11-module-block-operations = digest
 //! p11fwd-debug = 1
 //! ```
 //!
 //! Parsing is a pure function of the looked-up strings ([`Config::parse`]), so it is unit-tested
 //! without OpenSSL; `ffi::core::Core::config_values` does the lookup for any list of keys.
 
-use core::ffi::CStr;
+use core::ffi::{CStr, c_int};
 use std::fmt;
 use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
 use crate::error::Error;
+use crate::sys;
 use crate::trace;
 
 /// The openssl.cnf keys p11fwd reads.
@@ -35,6 +37,8 @@ pub(crate) mod keys {
     pub(crate) const LOGIN_BEHAVIOR: &CStr = c"pkcs11-module-login-behavior";
     /// `cache` (or a boolean) keeps PINs obtained by prompting. pkcs11-provider's key.
     pub(crate) const CACHE_PINS: &CStr = c"pkcs11-module-cache-pins";
+    /// Operations (`digest signature ...`) the provider does not offer. pkcs11-provider's key.
+    pub(crate) const BLOCK_OPERATIONS: &CStr = c"pkcs11-module-block-operations";
     /// A boolean or a `tracing` filter: turns on the stderr trace (like `P11FWD_DEBUG`).
     pub(crate) const DEBUG: &CStr = c"p11fwd-debug";
     /// pkcs11-provider's module path: meaningless for p11fwd, which loads no module. Read only
@@ -48,6 +52,7 @@ pub(crate) const KEYS: &[&CStr] = &[
     keys::TOKEN_PIN,
     keys::LOGIN_BEHAVIOR,
     keys::CACHE_PINS,
+    keys::BLOCK_OPERATIONS,
     keys::DEBUG,
     keys::MODULE_PATH,
 ];
@@ -95,6 +100,8 @@ pub(crate) struct Config {
     pub(crate) login_behavior: LoginBehavior,
     /// `pkcs11-module-cache-pins`.
     pub(crate) cache_pins: bool,
+    /// `pkcs11-module-block-operations`: OpenSSL operation ids the provider hides.
+    pub(crate) blocked_operations: Vec<c_int>,
     /// `p11fwd-debug`, as a `tracing` filter; `None` when off or absent.
     pub(crate) debug: Option<String>,
     /// `pkcs11-module-path` was set (and is ignored).
@@ -175,12 +182,61 @@ impl Config {
                 })?,
             };
         }
+        if let Some(list) = raw.get(keys::BLOCK_OPERATIONS) {
+            for name in list
+                .split(|c: char| c.is_ascii_whitespace() || c == ',')
+                .filter(|n| !n.is_empty())
+            {
+                let id = OPERATIONS
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, id)| *id)
+                    .ok_or_else(|| {
+                        config_error(
+                            keys::BLOCK_OPERATIONS,
+                            &format!(
+                                "{name:?} is not an operation (one of {})",
+                                OPERATIONS.map(|(n, _)| n).join(", ")
+                            ),
+                        )
+                    })?;
+                if !config.blocked_operations.contains(&id) {
+                    config.blocked_operations.push(id);
+                }
+            }
+        }
         if let Some(debug) = raw.get(keys::DEBUG) {
             config.debug =
                 trace::directive(debug).map_err(|problem| config_error(keys::DEBUG, &problem))?;
         }
         config.module_path_ignored = raw.get(keys::MODULE_PATH).is_some();
         Ok(config)
+    }
+}
+
+/// The operation names of `pkcs11-module-block-operations` (pkcs11-provider's list) and their
+/// `OSSL_OP_*` ids. `skeymgmt` (OpenSSL 3.5) is accepted; p11fwd offers none.
+const OPERATIONS: [(&str, c_int); 14] = [
+    ("digest", sys::OSSL_OP_DIGEST),
+    ("cipher", sys::OSSL_OP_CIPHER),
+    ("mac", sys::OSSL_OP_MAC),
+    ("kdf", sys::OSSL_OP_KDF),
+    ("rand", sys::OSSL_OP_RAND),
+    ("keymgmt", sys::OSSL_OP_KEYMGMT),
+    ("keyexch", sys::OSSL_OP_KEYEXCH),
+    ("signature", sys::OSSL_OP_SIGNATURE),
+    ("asym-cipher", sys::OSSL_OP_ASYM_CIPHER),
+    ("kem", sys::OSSL_OP_KEM),
+    ("encoder", sys::OSSL_OP_ENCODER),
+    ("decoder", sys::OSSL_OP_DECODER),
+    ("store", sys::OSSL_OP_STORE),
+    ("skeymgmt", 23),
+];
+
+impl Config {
+    /// Whether `pkcs11-module-block-operations` hides `operation_id`.
+    pub(crate) fn blocks(&self, operation_id: c_int) -> bool {
+        self.blocked_operations.contains(&operation_id)
     }
 }
 
@@ -249,6 +305,38 @@ mod tests {
         assert!(config.cache_pins);
         assert!(config.debug.is_some());
         assert!(config.module_path_ignored);
+    }
+
+    #[test]
+    fn block_operations_take_pkcs11_provider_names() {
+        let config = Config::parse(&raw(&[(
+            keys::BLOCK_OPERATIONS,
+            " digest  Signature,store digest",
+        )]))
+        .unwrap();
+        assert_eq!(
+            config.blocked_operations,
+            [
+                sys::OSSL_OP_DIGEST,
+                sys::OSSL_OP_SIGNATURE,
+                sys::OSSL_OP_STORE
+            ]
+        );
+        assert!(config.blocks(sys::OSSL_OP_SIGNATURE));
+        assert!(!config.blocks(sys::OSSL_OP_KEYMGMT));
+        assert!(
+            Config::parse(&raw(&[(keys::BLOCK_OPERATIONS, "")]))
+                .unwrap()
+                .blocked_operations
+                .is_empty()
+        );
+        let err = Config::parse(&raw(&[(keys::BLOCK_OPERATIONS, "digest sign")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pkcs11-module-block-operations") && err.contains("\"sign\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1026,19 +1026,11 @@ fn pin_from_the_config_file_and_from_the_application() {
     // openssl.cnf only: server address and PIN file in p11fwd's section, no -provider flags.
     let pin_file = env.path("pin.txt");
     std::fs::write(&pin_file, "123456\n").unwrap();
-    let cnf = env.path("p11fwd.cnf");
-    std::fs::write(
-        &cnf,
-        format!(
-            "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n\
-             [provider_sect]\ndefault = default_sect\np11fwd = p11fwd_sect\n\
-             [default_sect]\nactivate = 1\n[p11fwd_sect]\nactivate = 1\n\
-             p11fwd-server-address = {}\npkcs11-module-token-pin = file:{}\n",
-            env.address,
-            pin_file.display()
-        ),
-    )
-    .unwrap();
+    let cnf = config_with(
+        &env,
+        "p11fwd.cnf",
+        &format!("pkcs11-module-token-pin = file:{}\n", pin_file.display()),
+    );
     let sig = env.path("cnf.sig");
     let mut cmd = env.openssl_cmd(&[
         "dgst",
@@ -1054,4 +1046,88 @@ fn pin_from_the_config_file_and_from_the_application() {
     let out = run(&mut cmd);
     assert!(out.success(), "{}", out.stderr);
     env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
+}
+
+/// openssl.cnf with p11fwd's section (`extra` appended to it) and `default`, both activated.
+fn config_with(env: &Env, name: &str, extra: &str) -> PathBuf {
+    let cnf = env.path(name);
+    std::fs::write(
+        &cnf,
+        format!(
+            "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n\
+             [provider_sect]\ndefault = default_sect\np11fwd = p11fwd_sect\n\
+             [default_sect]\nactivate = 1\n[p11fwd_sect]\nactivate = 1\n\
+             p11fwd-server-address = {}\n{extra}",
+            env.address,
+        ),
+    )
+    .unwrap();
+    cnf
+}
+
+#[test]
+fn block_operations_hides_them_as_pkcs11_provider_does() {
+    let env = Env::new(&[Key::EcP256]);
+    let with = |cnf: &Path, args: &[&str]| {
+        let mut cmd = env.openssl_cmd(args);
+        cmd.env("OPENSSL_CONF", cnf);
+        run(&mut cmd)
+    };
+    let p11fwd_lines =
+        |out: &RunOutput| out.stdout.lines().filter(|l| l.contains("p11fwd")).count();
+    // Nothing blocked: p11fwd offers signatures and key managers.
+    let open = config_with(&env, "open.cnf", "");
+    for what in ["-signature-algorithms", "-key-managers"] {
+        let out = with(&open, &["list", what]);
+        assert!(
+            out.success() && p11fwd_lines(&out) > 0,
+            "{what}: {}",
+            out.stdout
+        );
+    }
+    // `signature` blocked: no signature algorithms of p11fwd, key managers still there, and a
+    // signature with a token key fails (the key cannot leave the token for `default`).
+    let blocked = config_with(
+        &env,
+        "blocked.cnf",
+        "pkcs11-module-block-operations = signature digest\n",
+    );
+    let out = with(&blocked, &["list", "-signature-algorithms"]);
+    assert!(out.success() && p11fwd_lines(&out) == 0, "{}", out.stdout);
+    let out = with(&blocked, &["list", "-digest-algorithms"]);
+    assert!(out.success() && p11fwd_lines(&out) == 0, "{}", out.stdout);
+    let out = with(&blocked, &["list", "-key-managers"]);
+    assert!(out.success() && p11fwd_lines(&out) > 0, "{}", out.stdout);
+    let uri = env.key_uri("ec-p256");
+    let out = with(&blocked, &["dgst", "-sha256", "-sign", &uri, "data.txt"]);
+    assert!(!out.success(), "signed with signatures blocked");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    // The same command signs when nothing is blocked.
+    let sig = env.path("open.sig");
+    let out = with(
+        &open,
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            &uri,
+            "-out",
+            s(&sig),
+            "data.txt",
+        ],
+    );
+    assert!(out.success(), "{}", out.stderr);
+    env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
+    // A name pkcs11-provider does not know: the provider refuses to load, and says why.
+    let bad = config_with(&env, "bad.cnf", "pkcs11-module-block-operations = sign\n");
+    let out = with(&bad, &["list", "-providers"]);
+    assert!(!out.stdout.contains("p11fwd"), "{}", out.stdout);
+    let mut cmd = env.openssl_cmd(&["list", "-providers"]);
+    cmd.env("OPENSSL_CONF", &bad).env("P11FWD_DEBUG", "1");
+    let out = run(&mut cmd);
+    assert!(
+        out.stderr.contains("pkcs11-module-block-operations") && out.stderr.contains("\"sign\""),
+        "{}",
+        out.stderr
+    );
 }

@@ -97,15 +97,22 @@ entry! {
 
 entry! {
     /// `OSSL_FUNC_provider_query_operation`: the static table of `operation_id`, or NULL when
-    /// we implement none of it. The tables never change, so OpenSSL may cache them.
+    /// we implement none of it or `pkcs11-module-block-operations` hides it. Neither changes
+    /// while the provider is loaded, so OpenSSL may cache the answer.
     fn p11fwd_query_operation(
-        _provctx: *mut c_void,
+        provctx: *mut c_void,
         operation_id: c_int,
         no_store: *mut c_int,
     ) -> *const OSSL_ALGORITHM {
         if !no_store.is_null() {
             // SAFETY: non-NULL, and the core passes a writable int.
             unsafe { write_out(no_store, 0, "no_store") }?;
+        }
+        // SAFETY: the core passes our provctx, live until teardown.
+        let ctx = unsafe { ProvCtx::borrow(provctx) }?;
+        if ctx.config().blocks(operation_id) {
+            tracing::trace!(operation_id, "query_operation: blocked by the configuration");
+            return Ok(core::ptr::null());
         }
         let table = algorithms::for_operation(operation_id).filter(|t| !t.is_empty());
         tracing::trace!(operation_id, algorithms = table.map_or(0, |t| t.len()), "query_operation");
