@@ -198,36 +198,56 @@ pub(crate) fn raise_nofile() -> u64 {
 pub(crate) const FLOOR_REQUEST: usize = 160;
 pub(crate) const FLOOR_REPLY: usize = 128;
 
-/// The floor of any remoting design on this machine: request → reply between two processes
-/// over a Unix socket, with nothing done in between (`p11fwd-bench echo-peer` answers), in
-/// sorted nanoseconds.
-pub(crate) fn socket_floor(n: usize) -> Result<Vec<u64>> {
-    use std::process::{Command, Stdio};
-    let (mut s, peer) = UnixStream::pair()?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("echo-peer")
-        .stdin(Stdio::from(std::os::fd::OwnedFd::from(peer.try_clone()?)))
-        .stdout(Stdio::from(std::os::fd::OwnedFd::from(peer)))
-        .spawn()
-        .context("start p11fwd-bench echo-peer")?;
-    let request = [0x5au8; FLOOR_REQUEST];
-    let mut reply = [0u8; FLOOR_REPLY];
-    let mut samples = Vec::with_capacity(n);
-    let result = (|| -> Result<()> {
-        for i in 0..n + n / 10 {
-            let t = Instant::now();
-            s.write_all(&request)?;
-            s.read_exact(&mut reply)?;
-            if i >= n / 10 {
-                samples.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
-            }
-        }
+/// A child process (`p11fwd-bench echo-peer`) that answers every [`FLOOR_REQUEST`]-byte message
+/// on a Unix socket with [`FLOOR_REPLY`] bytes, doing nothing else: a server that costs nothing.
+pub(crate) struct EchoPeer {
+    sock: UnixStream,
+    child: std::process::Child,
+}
+
+impl EchoPeer {
+    pub(crate) fn start() -> Result<Self> {
+        use std::os::fd::OwnedFd;
+        use std::process::{Command, Stdio};
+        let (sock, peer) = UnixStream::pair()?;
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("echo-peer")
+            .stdin(Stdio::from(OwnedFd::from(peer.try_clone()?)))
+            .stdout(Stdio::from(OwnedFd::from(peer)))
+            .spawn()
+            .context("start p11fwd-bench echo-peer")?;
+        Ok(Self { sock, child })
+    }
+
+    /// One request → reply.
+    pub(crate) fn ping(&mut self) -> Result<()> {
+        let mut reply = [0u8; FLOOR_REPLY];
+        self.sock.write_all(&[0x5a; FLOOR_REQUEST])?;
+        self.sock.read_exact(&mut reply)?;
         Ok(())
-    })();
-    drop(s);
-    let _ = child.wait();
-    result?;
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
+
+/// The floor of any remoting design on this machine: request → reply with an [`EchoPeer`], in
+/// sorted nanoseconds (after a tenth as many unmeasured warm-up exchanges).
+pub(crate) fn socket_floor(n: usize) -> Result<Vec<u64>> {
+    let mut peer = EchoPeer::start()?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        peer.ping()?;
+        if i >= n / 10 {
+            samples.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
     samples.sort_unstable();
     Ok(samples)
 }

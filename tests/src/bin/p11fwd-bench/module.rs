@@ -27,6 +27,9 @@ pub(crate) struct Args {
     pub(crate) n: usize,
     pub(crate) threads: usize,
     pub(crate) ciphertext: Option<PathBuf>,
+    /// Before each measured operation, one request → reply with an [`crate::alone::EchoPeer`]
+    /// (per thread): the module in process plus a server that costs nothing, an ideal forwarder.
+    pub(crate) echo: bool,
 }
 
 /// A loaded module and its 2.40 function list (every module has one).
@@ -306,9 +309,18 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 s.spawn(move || {
                     let mut lat = Vec::with_capacity(args.n);
                     let mut errors = 0;
+                    let mut peer = match args.echo.then(crate::alone::EchoPeer::start) {
+                        Some(Err(e)) => {
+                            eprintln!("module-driver: {e:#}");
+                            return (lat, args.n);
+                        }
+                        Some(Ok(p)) => Some(p),
+                        None => None,
+                    };
                     for _ in 0..args.n {
                         let t0 = Instant::now();
-                        if let Err(e) = w.one() {
+                        let pinged = peer.as_mut().map_or(Ok(()), crate::alone::EchoPeer::ping);
+                        if let Err(e) = pinged.and_then(|()| w.one()) {
                             if errors == 0 {
                                 eprintln!("module-driver: {e:#}");
                             }
