@@ -252,7 +252,7 @@ pub(crate) fn socket_floor(n: usize) -> Result<Vec<u64>> {
     Ok(samples)
 }
 
-/// `p11fwd-bench echo-peer`: the other end of [`socket_floor`], on stdin and stdout.
+/// `p11fwd-bench echo-peer`: the child of an [`EchoPeer`], on stdin and stdout.
 pub(crate) fn echo_peer() -> Result<()> {
     let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
     let mut request = [0u8; FLOOR_REQUEST];
