@@ -1,5 +1,7 @@
 //! RSA decryption padding, checked in constant time: PKCS#1 v1.5 type 2 (plain, TLS premaster
-//! and implicit rejection) and OAEP, as OpenSSL's `rsa_pk1.c`/`rsa_oaep.c` do it.
+//! and implicit rejection) and OAEP, as OpenSSL's `rsa_pk1.c`/`rsa_oaep.c` do it. And the two
+//! signature encodings (EMSA-PKCS1-v1_5, EMSA-PSS), for keys the token lets sign only with raw
+//! RSA (`CKM_RSA_X_509`): their input is public, so they need no constant-time care.
 //!
 //! The input is the raw RSA result (`CKM_RSA_X_509` on the token), left-padded to the modulus
 //! length. Every function reads every byte of its input and computes the result with masks;
@@ -401,6 +403,65 @@ pub(crate) fn oaep(em: &[u8], md: Hash, mgf1_md: Hash, label: &[u8]) -> Option<Z
     Some(Zeroizing::new(db[one_index + 1..].to_vec()))
 }
 
+// ---- signature encodings (RFC 8017 §9), for raw RSA on the token ----
+
+/// EMSA-PKCS1-v1_5 (RFC 8017 §9.2, steps 3-6): `00 01 FF.. 00 || t`, `k` bytes, with `t` the
+/// DigestInfo (or, without a digest, the caller's input, as OpenSSL's `RSA_PKCS1_PADDING`).
+/// `None` when `t` does not fit with 8 bytes of padding.
+pub(crate) fn pkcs1_type1(t: &[u8], k: usize) -> Option<Vec<u8>> {
+    let ps = k.checked_sub(t.len() + 3).filter(|&n| n >= 8)?;
+    let mut em = Vec::with_capacity(k);
+    em.extend_from_slice(&[0x00, 0x01]);
+    em.resize(2 + ps, 0xff);
+    em.push(0x00);
+    em.extend_from_slice(t);
+    Some(em)
+}
+
+/// EMSA-PSS encoding (RFC 8017 §9.1.1) of the digest `m_hash` for a modulus of `mod_bits` bits,
+/// with a random salt of `salt_len` bytes, left-padded to the modulus length (the input of raw
+/// RSA). `None` when the digest and salt do not fit.
+pub(crate) fn pss_encode(
+    m_hash: &[u8],
+    md: Hash,
+    mgf1_md: Hash,
+    salt_len: usize,
+    mod_bits: usize,
+) -> Option<Vec<u8>> {
+    let h_len = md.size();
+    if m_hash.len() != h_len || mod_bits < 2 {
+        return None;
+    }
+    let em_bits = mod_bits - 1;
+    let em_len = em_bits.div_ceil(8);
+    let db_len = em_len.checked_sub(h_len + 1)?;
+    let ps_len = db_len.checked_sub(salt_len + 1)?;
+    let mut salt = vec![0u8; salt_len];
+    crate::ffi::rand::fill(&mut salt);
+    // H = Hash(00 x 8 || mHash || salt)
+    let mut hasher = md.hasher();
+    hasher.update(&[0u8; 8]);
+    hasher.update(m_hash);
+    hasher.update(&salt);
+    let h = hasher.finish();
+    // maskedDB = (PS || 01 || salt) xor MGF1(H)
+    let mut db = vec![0u8; ps_len];
+    db.push(0x01);
+    db.extend_from_slice(&salt);
+    let mask = mgf1(mgf1_md, &h, db_len);
+    for (b, m) in db.iter_mut().zip(mask.iter()) {
+        *b ^= m;
+    }
+    // The leftmost 8 * emLen - emBits bits of maskedDB are zero.
+    db[0] &= 0xff >> (8 * em_len - em_bits);
+    let k = mod_bits.div_ceil(8);
+    let mut em = vec![0u8; k - em_len];
+    em.extend_from_slice(&db);
+    em.extend_from_slice(&h);
+    em.push(0xbc);
+    Some(em)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,5 +621,66 @@ mod tests {
             bad[100] ^= 1;
             assert!(oaep(&bad, md, md, label).is_none());
         }
+    }
+
+    /// EMSA-PSS verification (RFC 8017 §9.1.2), for the tests: the salt, or `None`.
+    fn pss_verify(em: &[u8], m_hash: &[u8], md: Hash, mod_bits: usize) -> Option<Vec<u8>> {
+        let em_bits = mod_bits - 1;
+        let em = &em[em.len() - em_bits.div_ceil(8)..];
+        let h_len = md.size();
+        let (masked, rest) = em.split_at(em.len() - h_len - 1);
+        let (h, trailer) = rest.split_at(h_len);
+        if trailer != [0xbc] || masked[0] & !(0xff >> (8 * em.len() - em_bits)) != 0 {
+            return None;
+        }
+        let mask = mgf1(md, h, masked.len());
+        let mut db: Vec<u8> = masked.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
+        db[0] &= 0xff >> (8 * em.len() - em_bits);
+        let one = db.iter().position(|&b| b != 0)?;
+        if db[one] != 1 {
+            return None;
+        }
+        let salt = db[one + 1..].to_vec();
+        let mut hasher = md.hasher();
+        hasher.update(&[0u8; 8]);
+        hasher.update(m_hash);
+        hasher.update(&salt);
+        (hasher.finish() == h).then_some(salt)
+    }
+
+    #[test]
+    fn pkcs1_type1_pads_to_the_modulus() {
+        let em = pkcs1_type1(b"digest-info", 64).unwrap();
+        assert_eq!(em.len(), 64);
+        assert_eq!(&em[..2], [0, 1]);
+        assert!(em[2..64 - 12].iter().all(|&b| b == 0xff));
+        assert_eq!(em[64 - 12], 0);
+        assert_eq!(&em[64 - 11..], b"digest-info");
+        assert!(
+            pkcs1_type1(&[0u8; 54], 64).is_none(),
+            "fewer than 8 padding bytes"
+        );
+        assert!(pkcs1_type1(&[0u8; 53], 64).is_some());
+    }
+
+    #[test]
+    fn pss_encodings_verify_for_every_modulus_size_and_salt() {
+        let m_hash = Hash::Sha256.digest(b"message");
+        for mod_bits in [1024, 1025, 1031, 2048, 2049] {
+            for salt_len in [0, 20, 32] {
+                let em =
+                    pss_encode(&m_hash, Hash::Sha256, Hash::Sha256, salt_len, mod_bits).unwrap();
+                assert_eq!(em.len(), mod_bits.div_ceil(8));
+                let salt = pss_verify(&em, &m_hash, Hash::Sha256, mod_bits).unwrap();
+                assert_eq!(salt.len(), salt_len);
+                let other = Hash::Sha256.digest(b"other");
+                assert!(pss_verify(&em, &other, Hash::Sha256, mod_bits).is_none());
+            }
+        }
+        // The largest salt that fits, and one byte more.
+        let max = 2047usize.div_ceil(8) - 32 - 2;
+        assert!(pss_encode(&m_hash, Hash::Sha256, Hash::Sha256, max, 2048).is_some());
+        assert!(pss_encode(&m_hash, Hash::Sha256, Hash::Sha256, max + 1, 2048).is_none());
+        assert!(pss_encode(&m_hash[..31], Hash::Sha256, Hash::Sha256, 32, 2048).is_none());
     }
 }

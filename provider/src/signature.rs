@@ -22,6 +22,7 @@ use crate::ffi::params::ParamBuilder;
 use crate::hash::{Hash, Hasher};
 use crate::key::{Key, KeyKind};
 use crate::provider::ProvCtx;
+use crate::rsa_pad;
 use crate::sys;
 
 /// Data kept for a token-side hashed mechanism; beyond this, the local digest is signed.
@@ -348,6 +349,15 @@ impl SigCtx {
                         }
                         None => tbs.to_vec(),
                     };
+                    if raw_rsa_only(&key, CKM_RSA_PKCS) {
+                        let em = rsa_pad::pkcs1_type1(&input, key.modulus_len()).ok_or(
+                            Error::Param {
+                                key: "tbs".into(),
+                                problem: "too long for PKCS#1 v1.5 padding with this key",
+                            },
+                        )?;
+                        return self.token_sign(&key, Mechanism::new(CKM_RSA_X_509), &em);
+                    }
                     self.token_sign(&key, Mechanism::new(CKM_RSA_PKCS), &input)
                 }
                 Padding::Pss => {
@@ -363,6 +373,13 @@ impl SigCtx {
                             key: "tbs".into(),
                             problem: "length differs from the digest size",
                         });
+                    }
+                    if raw_rsa_only(&key, CKM_RSA_PKCS_PSS) {
+                        let salt = self.pss_salt_len(&key, md)?;
+                        let mgf1 = self.mgf1.unwrap_or(md);
+                        let em = rsa_pad::pss_encode(tbs, md, mgf1, salt, key.bits())
+                            .ok_or(Error::Unsupported("a PSS salt longer than the key allows"))?;
+                        return self.token_sign(&key, Mechanism::new(CKM_RSA_X_509), &em);
                     }
                     let mech = Mechanism::with(CKM_RSA_PKCS_PSS, self.pss_params(&key, md)?);
                     self.token_sign(&key, mech, tbs)
@@ -380,18 +397,21 @@ impl SigCtx {
         }
     }
 
-    fn pss_params(&self, key: &Key, md: Hash) -> Result<MechParam, Error> {
-        let mgf1 = self.mgf1.unwrap_or(md);
+    /// The PSS salt length in bytes for this key and digest.
+    fn pss_salt_len(&self, key: &Key, md: Hash) -> Result<usize, Error> {
         let em_bits = key.bits().saturating_sub(1);
         let max = em_bits.div_ceil(8).saturating_sub(md.size() + 2);
-        let salt = match self.saltlen {
-            SaltLen::Digest => md.size(),
-            SaltLen::Max | SaltLen::Auto => max,
-            SaltLen::Len(n) if n <= max => n,
-            SaltLen::Len(_) => {
-                return Err(Error::Unsupported("a PSS salt longer than the key allows"));
-            }
-        };
+        match self.saltlen {
+            SaltLen::Digest => Ok(md.size()),
+            SaltLen::Max | SaltLen::Auto => Ok(max),
+            SaltLen::Len(n) if n <= max => Ok(n),
+            SaltLen::Len(_) => Err(Error::Unsupported("a PSS salt longer than the key allows")),
+        }
+    }
+
+    fn pss_params(&self, key: &Key, md: Hash) -> Result<MechParam, Error> {
+        let mgf1 = self.mgf1.unwrap_or(md);
+        let salt = self.pss_salt_len(key, md)?;
         Ok(MechParam::RsaPkcsPss {
             hash_alg: md.ckm(),
             mgf: mgf1.mgf1(),
@@ -578,6 +598,13 @@ impl SigCtx {
             }
         })
     }
+}
+
+/// Whether the key may sign with raw RSA (`CKM_RSA_X_509`) but not with `mech`: then p11fwd pads
+/// (EMSA-PKCS1-v1_5 or EMSA-PSS) and the token only exponentiates, as for tokens and cards without
+/// PSS (pkcs11-provider #552, libp11 #628). The padded block is public, so this loses nothing.
+fn raw_rsa_only(key: &Key, mech: u64) -> bool {
+    !key.allows(mech) && key.allows(CKM_RSA_X_509)
 }
 
 /// Whether to send the data to the token's hashed mechanism even when the raw mechanism is

@@ -632,6 +632,27 @@ impl TestToken {
     pub fn secret(&self, label: &str) -> Vec<u8> {
         std::fs::read(self.file(label, "key", "secret value")).expect("read secret")
     }
+
+    /// Generates a key pair on the token with `pkcs11-tool --keypairgen`, for layouts the
+    /// fixture's keys do not have: `key_type` as pkcs11-tool takes it (`rsa:2048`), `id` in hex,
+    /// `extra` pkcs11-tool options (`--allowed-mechanisms RSA-X-509`, `--usage-sign`). Works
+    /// while servers run: they see the new objects on their next search.
+    ///
+    /// # Panics
+    /// If pkcs11-tool is missing or fails.
+    #[track_caller]
+    pub fn generate_key_pair(&self, label: &str, id: &str, key_type: &str, extra: &[&str]) {
+        run_ok(
+            self.command(require_tool("pkcs11-tool"))
+                .arg("--module")
+                .arg(&self.module)
+                .args(["--token-label", &self.label, "--login", "--pin"])
+                .arg(self.user_pin())
+                .args(["--keypairgen", "--key-type", key_type, "--label", label])
+                .args(["--id", id])
+                .args(extra),
+        );
+    }
 }
 
 impl Drop for TestToken {

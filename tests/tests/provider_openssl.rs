@@ -1131,3 +1131,59 @@ fn block_operations_hides_them_as_pkcs11_provider_does() {
         out.stderr
     );
 }
+
+/// A key the token lets sign only with raw RSA (`CKA_ALLOWED_MECHANISMS` = {CKM_RSA_X_509}, like
+/// smart cards without PSS: pkcs11-provider #552, libp11 #628): p11fwd pads PKCS#1 v1.5 and PSS
+/// itself and the token only exponentiates.
+#[test]
+fn raw_rsa_only_keys_sign_pkcs1_and_pss() {
+    let env = Env::new(&[Key::EcP256]);
+    env.token.generate_key_pair(
+        "rsa-raw",
+        "0b",
+        "rsa:2048",
+        &["--allowed-mechanisms", "RSA-X-509", "--usage-sign"],
+    );
+    let pubkey = env.path("rsa-raw.pub.pem");
+    let public_uri = format!("{};type=public", env.token.object_uri("rsa-raw"));
+    env.ok(&[
+        "pkey",
+        "-pubin",
+        "-in",
+        &public_uri,
+        "-pubout",
+        "-out",
+        s(&pubkey),
+    ]);
+    let uri = env.key_uri("rsa-raw");
+    let mut cases: Vec<Vec<&str>> = vec![vec![]];
+    for salt in ["digest", "max", "auto", "20", "0"] {
+        cases.push(vec!["-sigopt", "rsa_padding_mode:pss", "-sigopt", salt]);
+    }
+    for (i, case) in cases.iter().enumerate() {
+        let salt_opt;
+        let mut sign_opts: Vec<&str> = Vec::new();
+        let mut verify_opts: Vec<&str> = Vec::new();
+        if let [_, mode, _, salt] = case.as_slice() {
+            salt_opt = format!("rsa_pss_saltlen:{salt}");
+            sign_opts.extend(["-sigopt", mode, "-sigopt", &salt_opt]);
+            verify_opts.extend(["-sigopt", mode, "-sigopt"]);
+            // "auto" when verifying recovers any salt length.
+            verify_opts.push(if matches!(*salt, "max" | "auto") {
+                "rsa_pss_saltlen:auto"
+            } else {
+                &salt_opt
+            });
+        }
+        for md in ["-sha256", "-sha384"] {
+            let sig = env.path(&format!("raw-{i}{md}.sig"));
+            let mut args = vec!["dgst", md, "-sign", &uri];
+            args.extend(&sign_opts);
+            args.extend(["-out", s(&sig), "data.txt"]);
+            env.ok(&args);
+            let mut v = vec![md];
+            v.extend(&verify_opts);
+            env.verify(&pubkey, &sig, &v);
+        }
+    }
+}

@@ -369,3 +369,40 @@ fn tls_with_token_certificates_and_rsa_key_exchange() {
         assert!(out.stdout.contains("AES128-GCM-SHA256"), "{}", out.stdout);
     }
 }
+
+/// TLS 1.3 (rsa_pss_rsae) and 1.2 with an RSA key the token lets sign only with raw RSA, like
+/// cards without PSS (libp11 #628: "OpenPGP cards without PSS break TLS 1.3"): p11fwd pads.
+#[test]
+fn tls_with_a_raw_rsa_only_key() {
+    for kind in KINDS {
+        let env = Env::new(kind, &[Key::EcP256]);
+        env.token.generate_key_pair(
+            "rsa-raw",
+            "0b",
+            "rsa:2048",
+            &["--allowed-mechanisms", "RSA-X-509", "--usage-sign"],
+        );
+        // Made by the token key itself: PKCS#1 v1.5 padded here.
+        let cert = self_signed(&env, "rsa-raw");
+        for (version, flag) in [("TLSv1.3", "-tls1_3"), ("TLSv1.2", "-tls1_2")] {
+            let what = format!("{kind}, raw-RSA-only server key, {version}");
+            let server = TlsServer::start(
+                &env,
+                &format!("rsa-raw{flag}"),
+                &["-key", &env.key_uri("rsa-raw"), "-cert", s(&cert), flag],
+            );
+            let out = client(
+                &env,
+                &server,
+                &["-CAfile", s(&cert), "-servername", "rsa-raw"],
+            );
+            let log = server.finish();
+            check(&out, &log, &what, version);
+            assert!(
+                out.stdout.contains("Peer signature type: RSA-PSS"),
+                "{what}\n{}",
+                out.stdout
+            );
+        }
+    }
+}
