@@ -9,8 +9,9 @@
 //! - **Concurrency.** Requests on the same session form a *lane* and run in arrival order;
 //!   requests of different lanes may run concurrently and reply out of order. Of the frames
 //!   read together, the connection thread runs one lane and the session-less calls itself and
-//!   gives the other lanes to the **pool** (the runtime's blocking threads), which writes their
-//!   replies directly. A lane already busy in the pool gets later requests queued behind it.
+//!   gives the other lanes to the **pool** (the runtime's blocking threads). A lane already busy
+//!   in the pool gets later requests queued behind it. Replies leave through the connection's
+//!   out queue ([`Link::send`]): one thread sends at a time, the others append and go on.
 //!   Logins and PIN calls without a PIN (PIN pad, protected path) always go to the pool.
 //! - **Requests arriving while the thread is inside the module** are noticed by the
 //!   [watcher](crate::watch): before running requests itself, the thread arms its socket in the
@@ -22,8 +23,9 @@
 //! - `C_Initialize`, `C_Finalize` and `C_CloseAllSessions` are barriers: the thread waits for
 //!   everything in flight, runs them, and reads nothing meanwhile. `C_WaitForSlotEvent` is an
 //!   async task on the runtime ([`slot_event`]) holding no thread.
-//! - Caps: [`Config::max_in_flight`](crate::server::Config) requests read and not answered (the
-//!   thread, or the watcher, stops reading), frame sizes from [`Limits`].
+//! - Caps: [`Config::max_in_flight`](crate::server::Config) requests, and as many slot waits,
+//!   read and not answered, a reply counting as answered once sent (the thread, or the watcher,
+//!   stops reading); frame sizes from [`Limits`].
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -67,6 +69,12 @@ pub(crate) struct Env {
 /// Held for as long as a connection exists (its thread, its pool jobs and slot waits): the
 /// connection-limit permit, the idle-timeout count, the shutdown-completion sender.
 pub(crate) type Keep = Box<dyn Send + Sync + std::fmt::Debug>;
+
+/// What the reply of one request answers.
+const ONE_REQUEST: Answered = Answered {
+    requests: 1,
+    slot_waits: 0,
+};
 
 /// Read buffers start (and shrink back to) this size.
 const INITIAL_BUF: usize = 1024;
@@ -237,6 +245,9 @@ struct Lane {
 struct Sched {
     /// Requests read and not yet answered (slot waits excepted).
     in_flight: usize,
+    /// `C_WaitForSlotEvent` requests read and not yet answered. Capped like `in_flight`, but
+    /// apart from it: barriers do not wait for slot waits (C_Finalize cancels them).
+    slot_waits: usize,
     /// Lanes with a request running; the queue holds the ones waiting behind it. The lane the
     /// connection thread runs (if any) is drained by that thread, the others by a pool thread.
     lanes: HashMap<u64, Lane>,
@@ -247,6 +258,28 @@ struct Sched {
     waiting: bool,
 }
 
+/// What a reply frame answers, for the accounting done once it is sent.
+#[derive(Debug, Default, Clone, Copy)]
+struct Answered {
+    /// Requests counted in [`Sched::in_flight`].
+    requests: usize,
+    /// Slot waits counted in [`Sched::slot_waits`].
+    slot_waits: usize,
+}
+
+/// Replies not sent yet. One thread at a time sends (`sending`); the others append and go on, so
+/// a peer that stops reading blocks one thread of ours, not one per reply. The requests a
+/// queued reply answers stay in flight until it is sent, so the in-flight caps also bound this
+/// queue.
+#[derive(Debug, Default)]
+struct OutQueue {
+    bytes: Vec<u8>,
+    answered: Answered,
+    sending: bool,
+    /// A send failed: the peer is gone, replies are dropped.
+    broken: bool,
+}
+
 /// A connection, shared by its thread, its pool jobs, its slot waits and the watcher.
 #[derive(Debug)]
 pub(crate) struct Link {
@@ -255,8 +288,8 @@ pub(crate) struct Link {
     env: Arc<Env>,
     conn: Arc<Mutex<Conn>>,
     dialect: Dialect,
-    /// Serialises replies; `true` once a write failed (the peer is gone).
-    write: Mutex<bool>,
+    /// Replies waiting to be sent, and whether a thread is sending them (see [`Link::send`]).
+    out: Mutex<OutQueue>,
     sched: Mutex<Sched>,
     idle: Condvar,
     /// Bumped by C_Finalize and when the connection ends: pending slot waits give up.
@@ -305,9 +338,10 @@ pub(crate) fn serve(env: Arc<Env>, sock: UnixStream, keep: Keep) {
         sock,
         conn: Arc::new(Mutex::new(Conn::new(id, dialect))),
         dialect,
-        write: Mutex::new(false),
+        out: Mutex::new(OutQueue::default()),
         sched: Mutex::new(Sched {
             in_flight: 0,
+            slot_waits: 0,
             lanes: HashMap::new(),
             watched: None,
             hold: Hold::No,
@@ -319,7 +353,7 @@ pub(crate) fn serve(env: Arc<Env>, sock: UnixStream, keep: Keep) {
         env: env.clone(),
         _keep: keep,
     });
-    link.write(&[answer]);
+    link.send(&[answer], Answered::default());
     env.watcher.attach(&link);
     let mut worker = Worker {
         link,
@@ -395,12 +429,24 @@ impl Worker {
     /// Send the replies gathered so far.
     fn flush(&mut self) {
         if !self.out.is_empty() {
-            self.link.write(&self.out);
+            self.link.send(&self.out, Answered::default());
             self.out.zeroize();
             if self.out.capacity() > SHRINK_ABOVE {
                 self.out = Vec::new();
             }
         }
+    }
+
+    /// At a cap: run what this thread holds, send the replies, then wait until `room` holds,
+    /// reading nothing meanwhile. `false` if the connection is closing.
+    fn wait_for_room(&mut self, lane: &mut Option<u64>, room: impl Fn(&Sched) -> bool) -> bool {
+        self.run_inline(lane, false);
+        self.flush();
+        if self.closed {
+            return false;
+        }
+        self.link.clone().wait_until(room);
+        true
     }
 
     /// Take every complete frame in the buffer and run or dispatch it; `false` to close.
@@ -447,7 +493,17 @@ impl Worker {
                     }
                 };
                 match route(&req) {
-                    Route::Wait => link.slot_wait(code, body_len, &req),
+                    Route::Wait => {
+                        if link.sched().slot_waits >= max {
+                            // As for the in-flight cap below, but for slot waits.
+                            group = None;
+                            if !self.wait_for_room(&mut lane, |s| s.slot_waits < max) {
+                                return false;
+                            }
+                        }
+                        link.sched().slot_waits += 1;
+                        link.slot_wait(code, body_len, &req);
+                    }
                     Route::Barrier => {
                         if req.call == CallId::Finalize {
                             link.cancel_waits.send_modify(|e| *e = e.wrapping_add(1));
@@ -471,13 +527,10 @@ impl Worker {
                         if link.sched().in_flight >= max {
                             // Nothing more is read (by the watcher either: this request
                             // would be overtaken) until the count is below the cap.
-                            self.run_inline(&mut lane, false);
                             group = None;
-                            self.flush();
-                            if self.closed {
+                            if !self.wait_for_room(&mut lane, |s| s.in_flight < max) {
                                 return false;
                             }
-                            link.wait_until(|s| s.in_flight < max);
                         }
                         let job = Job {
                             code,
@@ -584,24 +637,89 @@ impl Link {
         s.waiting = false;
     }
 
+    /// Whether nothing more may be read: too many requests or slot waits in flight.
+    fn full(&self, s: &Sched) -> bool {
+        s.in_flight >= self.env.max_in_flight || s.slot_waits >= self.env.max_in_flight
+    }
+
     /// `n` requests were answered.
     fn finished(self: &Arc<Self>, s: &mut Sched, n: usize) {
-        s.in_flight -= n;
+        self.account(
+            s,
+            Answered {
+                requests: n,
+                slot_waits: 0,
+            },
+        );
+    }
+
+    /// Requests and slot waits were answered: wake the connection thread if it waits for
+    /// room, and let the watcher read again if it stopped at a cap.
+    fn account(self: &Arc<Self>, s: &mut Sched, done: Answered) {
+        if done.requests == 0 && done.slot_waits == 0 {
+            return;
+        }
+        s.in_flight -= done.requests;
+        s.slot_waits -= done.slot_waits;
         if s.waiting {
             self.idle.notify_one();
         }
-        if s.hold == Hold::Full && s.in_flight < self.env.max_in_flight {
+        if s.hold == Hold::Full && !self.full(s) {
             s.hold = Hold::No;
             self.pump(s);
         }
     }
 
-    /// Write whole frames; a failure marks the peer gone.
-    fn write(&self, bytes: &[u8]) {
-        let mut broken = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        if *broken {
+    fn out_queue(&self) -> MutexGuard<'_, OutQueue> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Send whole reply frames, then count what they answer as done. If another thread is
+    /// sending, the frames join its queue and that thread sends them and does the counting.
+    /// Never called with `sched` held (the counting takes it).
+    fn send(self: &Arc<Self>, bytes: &[u8], answered: Answered) {
+        let mut q = self.out_queue();
+        if q.broken {
+            drop(q);
+            self.account(&mut self.sched(), answered);
             return;
         }
+        q.bytes.extend_from_slice(bytes);
+        q.answered.requests += answered.requests;
+        q.answered.slot_waits += answered.slot_waits;
+        if q.sending {
+            return;
+        }
+        q.sending = true;
+        loop {
+            let mut chunk = std::mem::take(&mut q.bytes);
+            let done = std::mem::take(&mut q.answered);
+            drop(q);
+            let sent = self.send_all(&chunk);
+            chunk.zeroize();
+            self.account(&mut self.sched(), done);
+            q = self.out_queue();
+            if !sent {
+                q.broken = true;
+                q.bytes.zeroize();
+                q.bytes = Vec::new();
+            }
+            if q.bytes.is_empty() && (q.answered.requests | q.answered.slot_waits) == 0 {
+                q.sending = false;
+                return;
+            }
+            if q.broken {
+                let rest = std::mem::take(&mut q.answered);
+                q.sending = false;
+                drop(q);
+                self.account(&mut self.sched(), rest);
+                return;
+            }
+        }
+    }
+
+    /// Write `bytes` (blocking); `false` if the peer is gone.
+    fn send_all(&self, bytes: &[u8]) -> bool {
         let mut rest = bytes;
         while !rest.is_empty() {
             match rustix::net::send(&*self.sock, rest, SendFlags::NOSIGNAL) {
@@ -609,11 +727,11 @@ impl Link {
                 Err(Errno::INTR) => {}
                 Err(e) => {
                     debug!(conn = self.id, cause = %e, "write failed; peer gone");
-                    *broken = true;
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Run a request and append its reply frame to `out`.
@@ -644,9 +762,8 @@ impl Link {
         self.env.rt.spawn_blocking(move || {
             let mut out = Vec::new();
             link.answer(job, &mut out);
-            link.write(&out);
+            link.send(&out, ONE_REQUEST);
             out.zeroize();
-            link.finished(&mut link.sched(), 1);
         });
     }
 
@@ -665,13 +782,9 @@ impl Link {
     /// A pool thread: run a lane's requests until its queue is empty.
     fn drain(self: Arc<Self>, lane: u64) {
         let mut out = Vec::new();
-        let mut done = 0;
         loop {
             let job = {
                 let mut s = self.sched();
-                if done > 0 {
-                    self.finished(&mut s, done);
-                }
                 match s.lanes.get_mut(&lane).and_then(|l| l.queue.pop_front()) {
                     Some(j) => j,
                     None => {
@@ -681,9 +794,9 @@ impl Link {
                 }
             };
             self.answer(job, &mut out);
-            self.write(&out);
+            self.send(&out, ONE_REQUEST);
             out.zeroize();
-            done = 1;
+            out.clear();
         }
     }
 
@@ -706,7 +819,7 @@ impl Link {
         let limits = self.env.limits;
         s.hold = 'read: loop {
             loop {
-                if s.in_flight >= self.env.max_in_flight {
+                if self.full(s) {
                     break 'read Hold::Full;
                 }
                 let (code, body) = match rb.peek(limits) {
@@ -742,6 +855,7 @@ impl Link {
                     Route::Barrier => break 'read Hold::Barrier,
                     Route::Wait => {
                         rb.consume(body.end);
+                        s.slot_waits += 1;
                         self.slot_wait(code, body_len, &req);
                     }
                     Route::Call { lane, .. } => {
@@ -805,11 +919,18 @@ impl Link {
         self.env.rt.spawn(async move {
             let start = Instant::now();
             let reply = slot_event(wait).await;
-            // The write may block (a peer that does not read): off the reactor.
+            // The send may block (a peer that does not read): off the reactor.
             let _ = tokio::task::spawn_blocking(move || {
                 let mut out = Vec::new();
                 let n = encode_reply(&mut out, code, &reply, link.dialect, None);
-                link.write(&out);
+                link.send(
+                    &out,
+                    Answered {
+                        requests: 0,
+                        slot_waits: 1,
+                    },
+                );
+                out.zeroize();
                 trace_call(
                     CallId::WaitForSlotEvent,
                     None,
@@ -842,14 +963,18 @@ async fn slot_event(mut w: SlotWait) -> Reply {
         call: CallId::WaitForSlotEvent,
         args: vec![Arg::Ulong(slot)],
     };
-    let (id, tokens) = match lock(&w.conn) {
-        Ok(c) if c.initialized => (c.id, c.slots.iter().map(|s| s.token).collect()),
-        Ok(_) => return Reply::Error(Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
-        Err(rv) => return Reply::Error(rv),
-    };
     let events = w.shared.events.clone();
-    let sub = match events.subscribe(id, tokens) {
-        Ok(s) => s,
+    // Subscribed under the connection's lock: a C_Finalize or the end of the connection
+    // (`dispatch::release_all`, which unsubscribes under the same lock) cannot come in between
+    // and leave a subscription behind.
+    let (id, sub) = match lock(&w.conn) {
+        Ok(c) if c.initialized => {
+            match events.subscribe(c.id, c.slots.iter().map(|s| s.token).collect()) {
+                Ok(sub) => (c.id, sub),
+                Err(rv) => return Reply::Error(rv),
+            }
+        }
+        Ok(_) => return Reply::Error(Rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
         Err(rv) => return Reply::Error(rv),
     };
     if w.flags & CKF_DONT_BLOCK != 0 {

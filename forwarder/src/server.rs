@@ -31,6 +31,9 @@ use crate::watch::Watcher;
 /// 2 MiB of resident memory per connection).
 const CONN_STACK: usize = (2 << 20) - (64 << 10);
 
+/// How long a shutdown waits for connections to finish before closing their sockets.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Caps and access rules of a server.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -138,7 +141,19 @@ pub async fn run(
     } = server;
     watcher.shutdown_all();
     drop(shutdown_complete_tx);
-    let _ = shutdown_complete_rx.recv().await;
+    // Calls inside the module finish; a peer that stopped reading would keep its connection's
+    // reply pending for ever, so after a grace period the sockets are closed both ways.
+    if tokio::time::timeout(SHUTDOWN_GRACE, shutdown_complete_rx.recv())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "connections still busy at shutdown; closing their sockets"
+        );
+        watcher.abort_all();
+        let _ = shutdown_complete_rx.recv().await;
+    }
     watcher.stop();
     // Every connection is gone: end the module waits of the slot event threads.
     let _ = tokio::task::spawn_blocking(move || {

@@ -128,6 +128,15 @@ impl Watcher {
         }
     }
 
+    /// Shutdown, when connections did not finish in time (a peer that stopped reading blocks a
+    /// send for ever): `shutdown(SHUT_RDWR)` makes every blocked send fail.
+    pub(crate) fn abort_all(&self) {
+        let reg = self.reg();
+        for sock in reg.socks.values() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Ends the watcher thread.
     pub(crate) fn stop(&self) {
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());

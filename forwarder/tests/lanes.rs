@@ -592,3 +592,85 @@ fn frames_arrive_in_any_chunking() {
     raw.send(&[(9, req::get_info())]);
     assert_eq!(raw.recv_ok().0, 9);
 }
+
+/// A connection that writes requests and never reads, until the socket takes no more: the
+/// server's replies to it pile up unread.
+fn flood_without_reading(fwd: &Fwd, requests: impl Fn(u32) -> Request) -> UnixStream {
+    let mut stream = UnixStream::connect(fwd.socket_path()).unwrap();
+    stream.write_all(&[2]).unwrap();
+    let mut v = [0u8];
+    stream.read_exact(&mut v).unwrap();
+    let mut bytes = Vec::new();
+    let body = req::initialize(None).encode(Dialect::V2).unwrap();
+    bytes.extend(frame::encode(1, frame::CLIENT_OPTIONS, &body));
+    for code in 2..20_000 {
+        let body = requests(code).encode(Dialect::V2).unwrap();
+        bytes.extend(frame::encode(code, frame::CLIENT_OPTIONS, &body));
+    }
+    stream.set_nonblocking(true).unwrap();
+    // Until everything is written or the server has stopped reading for 300 ms.
+    let mut rest = &bytes[..];
+    let mut blocked = 0;
+    while !rest.is_empty() && blocked < 15 {
+        match stream.write(rest) {
+            Ok(n) => {
+                rest = &rest[n..];
+                blocked = 0;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                blocked += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    stream
+}
+
+/// Peers that stop reading their replies hold up only themselves: neither thousands of
+/// C_WaitForSlotEvent(CKF_DONT_BLOCK) nor requests on many sessions, from eleven such peers,
+/// take the shared pool's threads away from other connections (once one thread per reply
+/// blocked in `send`, and 512 of them starved everyone).
+#[test]
+fn peers_that_stop_reading_stall_only_themselves() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = common::start(&token);
+    let mut stuck = vec![flood_without_reading(&fwd, |_| {
+        req::wait_for_slot_event(CKF_DONT_BLOCK)
+    })];
+    for _ in 0..10 {
+        // Invalid sessions, each its own lane: pool jobs answering with an error.
+        stuck.push(flood_without_reading(&fwd, |code| {
+            req::get_session_info(u64::from(code) + 1_000)
+        }));
+    }
+    // Another connection: a session-less request and one on a lane (run by the pool).
+    let mut raw = Raw::open(&fwd);
+    let slot = raw.slot(2);
+    let s = raw.open_session(3, slot);
+    raw.send(&[(4, req::get_info()), (5, req::get_session_info(s + 99))]);
+    let mut got = vec![raw.recv().0, raw.recv().0];
+    got.sort();
+    assert_eq!(got, [4, 5]);
+    let other = fwd.client(2);
+    assert_eq!(other.slots(true).unwrap(), [0x11]);
+    drop(stuck);
+}
+
+/// SIGTERM ends the server even while a peer that stopped reading has replies pending: after a
+/// grace period its socket is closed both ways.
+#[test]
+fn sigterm_does_not_wait_for_a_peer_that_stopped_reading() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let mut fwd = common::start(&token);
+    let stuck = flood_without_reading(&fwd, |_| req::get_session_info(1));
+    std::thread::sleep(Duration::from_millis(300));
+    fwd.signal(rustix::process::Signal::TERM);
+    let status = fwd.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        fwd.log()
+    );
+    drop(stuck);
+}
