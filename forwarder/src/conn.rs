@@ -684,6 +684,14 @@ impl Link {
             self.account(&mut self.sched(), answered);
             return;
         }
+        if q.bytes.capacity() - q.bytes.len() < bytes.len() {
+            // Grow by hand so that the old allocation is wiped: replies may carry secrets.
+            let need = (q.bytes.len() + bytes.len()).max(2 * q.bytes.capacity());
+            let mut grown = Vec::with_capacity(need.max(INITIAL_BUF));
+            grown.extend_from_slice(&q.bytes);
+            q.bytes.zeroize();
+            q.bytes = grown;
+        }
         q.bytes.extend_from_slice(bytes);
         q.answered.requests += answered.requests;
         q.answered.slot_waits += answered.slot_waits;
