@@ -170,10 +170,14 @@ fn list_token(
     let _ = writeln!(out, "    Model: {}", unpad(&info.model));
     let _ = writeln!(out, "    Serial: {}", unpad(&info.serial_number));
     let _ = writeln!(out, "    Flags: {}", flags.join(", "));
+    if info.flags & CKF_TOKEN_INITIALIZED == 0 {
+        // A free slot (SoftHSM always has one): no session can be opened, nothing to list.
+        let _ = writeln!(out, "    (not initialized: no objects)\n");
+        return Ok(());
+    }
 
-    let session = client
-        .open_session(slot, CKF_SERIAL_SESSION)
-        .context("C_OpenSession failed")?;
+    // The error names the call already.
+    let session = client.open_session(slot, CKF_SERIAL_SESSION)?;
     let result = (|| {
         let pin = pin_for(args, filter, &label)?;
         let logged_in = match pin {

@@ -46,6 +46,16 @@ impl Env {
     /// `token`, served by a server of `kind`.
     pub fn with_token(kind: ServerKind, token: TestToken) -> Self {
         let server = AnyServer::start(kind, &token);
+        Self::with_server(token, server)
+    }
+
+    /// The tokens of `token`'s SoftHSM that `uri` selects, served by a server of `kind`.
+    pub fn with_token_uri(kind: ServerKind, token: TestToken, uri: &str) -> Self {
+        let server = AnyServer::start_uri(kind, &token, uri);
+        Self::with_server(token, server)
+    }
+
+    fn with_server(token: TestToken, server: AnyServer) -> Self {
         let relay_dir = tempfile::tempdir().unwrap();
         let relay = Relay::start(
             relay_dir.path().join("relay.sock"),
