@@ -82,9 +82,32 @@ pub(crate) struct Token {
 #[derive(Debug, Default)]
 struct TokenState {
     logged_in: bool,
-    /// The last PIN the token rejected: never sent again automatically.
-    rejected_pin: Option<Zeroizing<String>>,
     idle: Vec<u64>,
+}
+
+/// PINs a token rejected, in this process (and its fork children), across connections and
+/// provider instances: SHA-256 of the token's identity and the PIN, never the PIN itself. A PIN
+/// in here is never sent to that token again automatically (a token locks after a few wrong
+/// PINs).
+fn rejected_pins() -> &'static Mutex<Vec<[u8; 32]>> {
+    static REJECTED: Mutex<Vec<[u8; 32]>> = Mutex::new(Vec::new());
+    &REJECTED
+}
+
+/// Held from the check of a PIN through its `C_Login` to recording the verdict, so that threads
+/// logging in at once send one PIN, not one each (the others then see the verdict).
+fn login_lock() -> &'static Mutex<()> {
+    static LOGIN: Mutex<()> = Mutex::new(());
+    &LOGIN
+}
+
+fn pin_digest(identity: &str, pin: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(identity.as_bytes());
+    h.update([0u8]);
+    h.update(pin.as_bytes());
+    h.finalize().into()
 }
 
 /// A session taken from a token's pool; given back on drop unless [`SessionGuard::discard`]ed.
@@ -440,13 +463,13 @@ impl Token {
     }
 
     /// Refuses a PIN the token rejected before, and automatic logins the token warns about.
-    fn check_pin_allowed(&self, pin: Option<&Zeroizing<String>>) -> Result<(), Error> {
+    /// Whether `pin` may be sent: not to a locked token, and not a PIN this token rejected.
+    pub(crate) fn check_pin_allowed(&self, pin: Option<&Zeroizing<String>>) -> Result<(), Error> {
         if self.info.flags & CKF_USER_PIN_LOCKED != 0 {
             return Err(Error::PinLocked(self.label()));
         }
-        let st = lock(&self.state);
-        if let (Some(bad), Some(pin)) = (&st.rejected_pin, pin)
-            && bad.as_bytes() == pin.as_bytes()
+        if let Some(pin) = pin
+            && lock(rejected_pins()).contains(&pin_digest(&self.identity(), pin))
         {
             return Err(Error::PinIncorrect);
         }
@@ -483,7 +506,13 @@ impl Token {
                 Ok(())
             }
             Err(p11fwd_wire::Error::Rv { rv, .. }) if rv.0 == CKR_PIN_INCORRECT => {
-                st.rejected_pin = pin.cloned();
+                if let Some(pin) = pin {
+                    let digest = pin_digest(&self.identity(), pin);
+                    let mut rejected = lock(rejected_pins());
+                    if !rejected.contains(&digest) {
+                        rejected.push(digest);
+                    }
+                }
                 Err(Error::PinIncorrect)
             }
             Err(p11fwd_wire::Error::Rv { rv, .. }) if rv.0 == CKR_PIN_LOCKED => {
@@ -519,6 +548,10 @@ impl Link {
         let Auth::User(pin) = auth else {
             return Ok(());
         };
+        if token.logged_in() {
+            return Ok(());
+        }
+        let _one_at_a_time = lock(login_lock());
         if token.logged_in() {
             return Ok(());
         }
@@ -574,6 +607,9 @@ impl Link {
         let mut login_pin = None;
         let mut login_sent = false;
         let mut login_error = None;
+        // Until the login's verdict is recorded (see `login_lock`).
+        let _one_at_a_time =
+            (matches!(auth, Auth::User(_)) && !token.logged_in()).then(|| lock(login_lock()));
         if let Auth::User(pin) = auth
             && !token.logged_in()
         {

@@ -322,13 +322,11 @@ impl CipherCtx {
                 (secret, msg)
             }
         };
-        match msg {
-            Some(msg) => Ok(msg),
-            None => {
-                let kdk = Zeroizing::new(rsa_pad::kdk(&secret, ct, ct.len()));
-                Ok(rsa_pad::implicit_rejection_message(&kdk, ct.len()))
-            }
-        }
+        // The synthetic message is computed either way, so that our own time does not add to
+        // what the token's reply already says.
+        let kdk = Zeroizing::new(rsa_pad::kdk(&secret, ct, ct.len()));
+        let synthetic = rsa_pad::implicit_rejection_message(&kdk, ct.len());
+        Ok(msg.unwrap_or(synthetic))
     }
 
     fn decrypt_oaep(&self, key: &Key, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {

@@ -230,7 +230,7 @@ const OPERATIONS: [(&str, c_int); 14] = [
     ("encoder", sys::OSSL_OP_ENCODER),
     ("decoder", sys::OSSL_OP_DECODER),
     ("store", sys::OSSL_OP_STORE),
-    ("skeymgmt", 23),
+    ("skeymgmt", 15), // OSSL_OP_SKEYMGMT (OpenSSL 3.5)
 ];
 
 impl Config {

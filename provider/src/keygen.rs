@@ -328,6 +328,8 @@ impl GenCtx {
         let session = token.session(&link)?;
         let mut batch = Vec::new();
         if let Some(pin) = &pin {
+            // Never a PIN this token rejected, nor one to a locked token.
+            token.check_pin_allowed(pin.as_ref())?;
             batch.push(req::login(
                 session.handle,
                 CKU_USER,
@@ -341,7 +343,15 @@ impl GenCtx {
         let mut replies = link.batch(&batch).into_iter();
         if let Some(pin) = &pin {
             let login = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
-            token.record_login(&login, pin.as_ref())?;
+            if let Err(e) = token.record_login(&login, pin.as_ref()) {
+                // The read/write session opened in the same round trip is not used.
+                if let Some(Ok(args)) = replies.next()
+                    && let Ok(rw) = parse::ulong(args)
+                {
+                    let _ = link.batch(&[req::close_session(rw)]);
+                }
+                return Err(e);
+            }
             if let Some(p) = pin
                 && from_config_or_uri(&uri, backend)?
             {

@@ -195,6 +195,15 @@ entry! {
             unsafe { write_out(outlen, ctx.max_output()?, "outlen") }?;
             return Ok(1);
         }
+        // As OpenSSL's own provider: the buffer must take the largest output before anything is
+        // decrypted, so that its size cannot tell a good padding (a short message) from a bad
+        // one (implicit rejection's synthetic message).
+        if outsize < ctx.max_output()? {
+            return Err(Error::Param {
+                key: "out".into(),
+                problem: "buffer smaller than the key's output size",
+            });
+        }
         // SAFETY: `inlen` readable bytes.
         let input = unsafe { bytes(input, inlen, "in") }?;
         let plaintext: Zeroizing<Vec<u8>> = ctx.decrypt(input)?;
