@@ -707,9 +707,9 @@ impl Drop for OwnServer {
     }
 }
 
-#[test]
-fn wrong_pin_reaches_the_token_exactly_once() {
-    let mut env = Env::new(&[Key::EcP256]);
+/// A stock `p11-kit server` whose module is OpenSC's pkcs11-spy in front of SoftHSM, logging
+/// every call the token sees; `env` connects to it.
+fn spy_server(env: &mut Env) -> (OwnServer, PathBuf) {
     let spy_log = env.path("spy.log");
     let server = OwnServer::start(
         &p11fwd_tests::require_tool("p11-kit"),
@@ -721,6 +721,13 @@ fn wrong_pin_reaches_the_token_exactly_once() {
         ],
     );
     env.address = server.address();
+    (server, spy_log)
+}
+
+#[test]
+fn wrong_pin_reaches_the_token_exactly_once() {
+    let mut env = Env::new(&[Key::EcP256]);
+    let (server, spy_log) = spy_server(&mut env);
     let uri = format!(
         "{};type=private?pin-value=999999",
         env.token.object_uri("ec-p256")
@@ -798,17 +805,7 @@ int main(int argc, char **argv) {
 #[test]
 fn threads_with_a_wrong_pin_send_it_once() {
     let mut env = Env::new(&[Key::EcP256]);
-    let spy_log = env.path("spy.log");
-    let server = OwnServer::start(
-        &p11fwd_tests::require_tool("p11-kit"),
-        Path::new("/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"),
-        &env.token,
-        &[
-            ("PKCS11SPY", env.token.module_path()),
-            ("PKCS11SPY_OUTPUT", &spy_log),
-        ],
-    );
-    env.address = server.address();
+    let (server, spy_log) = spy_server(&mut env);
     let src = env.path("wrong_pin_threads.c");
     let bin = env.path("wrong_pin_threads");
     std::fs::write(&src, WRONG_PIN_THREADS_C).unwrap();
