@@ -590,13 +590,15 @@ pub(crate) fn digest_len(mech: u64) -> Option<u64> {
 /// Most object handles remembered per connection (a bound, not a working set).
 const MAX_KNOWN: usize = 1 << 16;
 
-/// Object handles the server gave us on one connection, and the metadata of token keys.
+/// Object handles the server gave us on one connection, and the metadata of token keys. Handles
+/// are only unique per token (a module-mode stock server passes a multi-slot module's handles
+/// through), so everything is kept by slot and handle.
 #[derive(Debug, Default)]
 pub(crate) struct Objects {
     generation: u64,
-    known: HashSet<u64>,
+    known: HashSet<(u64, u64)>,
     /// Fetched metadata; `None`: fetched, but not kept (a session object).
-    meta: HashMap<u64, Option<KeyMeta>>,
+    meta: HashMap<(u64, u64), Option<KeyMeta>>,
 }
 
 impl Objects {
@@ -610,45 +612,50 @@ impl Objects {
         }
     }
 
-    /// Handles the server returned (found, created, generated, unwrapped, derived).
-    pub(crate) fn learn(&mut self, generation: u64, handles: &[u64]) {
+    /// Handles the server returned (found, created, generated, unwrapped, derived) on `slot`.
+    pub(crate) fn learn(&mut self, generation: u64, slot: u64, handles: &[u64]) {
         self.sync(generation);
         if self.known.len() + handles.len() > MAX_KNOWN {
             self.known.clear();
             self.meta.clear();
         }
         self.known
-            .extend(handles.iter().copied().filter(|h| *h != 0));
+            .extend(handles.iter().filter(|h| **h != 0).map(|h| (slot, *h)));
     }
 
     /// An object is gone (destroyed) or changed (attributes set).
-    pub(crate) fn forget(&mut self, generation: u64, handle: u64, destroyed: bool) {
+    pub(crate) fn forget(&mut self, generation: u64, slot: u64, handle: u64, destroyed: bool) {
         self.sync(generation);
-        self.meta.remove(&handle);
+        self.meta.remove(&(slot, handle));
         if destroyed {
-            self.known.remove(&handle);
+            self.known.remove(&(slot, handle));
         }
     }
 
-    /// Whether the server gave us `handle` on this connection.
-    pub(crate) fn is_known(&mut self, generation: u64, handle: u64) -> bool {
+    /// Whether the server gave us `handle` on `slot` on this connection.
+    pub(crate) fn is_known(&mut self, generation: u64, slot: u64, handle: u64) -> bool {
         self.sync(generation);
-        self.known.contains(&handle)
+        self.known.contains(&(slot, handle))
     }
 
     /// The metadata of a key: `None` if never fetched, `Some(None)` if fetched but not kept.
-    pub(crate) fn meta(&mut self, generation: u64, handle: u64) -> Option<Option<&KeyMeta>> {
+    pub(crate) fn meta(
+        &mut self,
+        generation: u64,
+        slot: u64,
+        handle: u64,
+    ) -> Option<Option<&KeyMeta>> {
         self.sync(generation);
-        self.meta.get(&handle).map(Option::as_ref)
+        self.meta.get(&(slot, handle)).map(Option::as_ref)
     }
 
     /// Keep the metadata of a token key (of a session object, only that it was fetched: its
     /// handle dies with its session and may come back as another object).
-    pub(crate) fn store_meta(&mut self, generation: u64, handle: u64, meta: KeyMeta) {
+    pub(crate) fn store_meta(&mut self, generation: u64, slot: u64, handle: u64, meta: KeyMeta) {
         self.sync(generation);
-        if self.known.contains(&handle) {
+        if self.known.contains(&(slot, handle)) {
             let keep = meta.token == Some(true);
-            self.meta.insert(handle, keep.then_some(meta));
+            self.meta.insert((slot, handle), keep.then_some(meta));
         }
     }
 }
@@ -816,21 +823,23 @@ mod tests {
     #[test]
     fn objects_belong_to_a_connection() {
         let mut o = Objects::default();
-        o.learn(1, &[5, 6]);
-        assert!(o.is_known(1, 5));
-        assert_eq!(o.meta(1, 5), None);
-        o.store_meta(1, 5, ec(&[0x06]));
-        assert!(matches!(o.meta(1, 5), Some(Some(_))));
+        o.learn(1, 0x11, &[5, 6]);
+        assert!(o.is_known(1, 0x11, 5));
+        assert_eq!(o.meta(1, 0x11, 5), None);
+        o.store_meta(1, 0x11, 5, ec(&[0x06]));
+        assert!(matches!(o.meta(1, 0x11, 5), Some(Some(_))));
+        // The same handle on another token is another object.
+        assert!(!o.is_known(1, 0x12, 5) && o.meta(1, 0x12, 5).is_none());
         // Session objects are not cached, but not fetched again either.
         let mut session_key = ec(&[0x06]);
         session_key.token = Some(false);
-        o.store_meta(1, 6, session_key);
-        assert_eq!(o.meta(1, 6), Some(None));
+        o.store_meta(1, 0x11, 6, session_key);
+        assert_eq!(o.meta(1, 0x11, 6), Some(None));
         // Unknown handles are not cached at all.
-        o.store_meta(1, 7, ec(&[0x06]));
-        assert_eq!(o.meta(1, 7), None);
-        o.forget(1, 5, true);
-        assert!(!o.is_known(1, 5) && o.meta(1, 5).is_none());
-        assert!(!o.is_known(2, 6), "a new connection knows nothing");
+        o.store_meta(1, 0x11, 7, ec(&[0x06]));
+        assert_eq!(o.meta(1, 0x11, 7), None);
+        o.forget(1, 0x11, 5, true);
+        assert!(!o.is_known(1, 0x11, 5) && o.meta(1, 0x11, 5).is_none());
+        assert!(!o.is_known(2, 0x11, 6), "a new connection knows nothing");
     }
 }

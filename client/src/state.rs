@@ -457,7 +457,7 @@ impl Module {
         if let Some((key, m)) = meta.into_inner()
             && let Ok(mut objects) = self.objects.lock()
         {
-            objects.store_meta(place.generation, key, m);
+            objects.store_meta(place.generation, place.slot, key, m);
         }
         let Ok(mut sessions) = self.sessions.lock() else {
             return;

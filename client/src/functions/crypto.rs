@@ -98,10 +98,10 @@ fn defer(
     };
     if let Some(k) = key {
         let mut objects = m.objects()?;
-        if !objects.is_known(place.generation, k) {
+        if !objects.is_known(place.generation, place.slot, k) {
             return Ok(false);
         }
-        if let Some(Some(meta)) = objects.meta(place.generation, k)
+        if let Some(Some(meta)) = objects.meta(place.generation, place.slot, k)
             && meta.contradicts(op, mech.ty)
         {
             return Ok(false);
@@ -175,10 +175,11 @@ enum Known {
 /// The output size of the current `op` on session `h`, if it follows from its mechanism and
 /// key; a deferred Init that failed is reported here.
 fn known_output(m: &Module, h: CK_SESSION_HANDLE, op: Op) -> Result<Known> {
-    let (current, generation) = m.with_ops(h, |ops, place| match ops.take_failure(op) {
-        Some(code) => Err(code),
-        None => Ok((ops.current(op), place.generation)),
-    })??;
+    let (current, generation, slot) =
+        m.with_ops(h, |ops, place| match ops.take_failure(op) {
+            Some(code) => Err(code),
+            None => Ok((ops.current(op), place.generation, place.slot)),
+        })??;
     let Some(current) = current else {
         return Ok(Known::Ask(None));
     };
@@ -186,8 +187,8 @@ fn known_output(m: &Module, h: CK_SESSION_HANDLE, op: Op) -> Result<Known> {
         return Ok(digest_len(current.mech).map_or(Known::Ask(None), Known::Size));
     };
     let mut objects = m.objects()?;
-    let known = objects.is_known(generation, key);
-    Ok(match objects.meta(generation, key) {
+    let known = objects.is_known(generation, slot, key);
+    Ok(match objects.meta(generation, slot, key) {
         Some(Some(meta)) => meta
             .output_len(op, current.mech)
             .map_or(Known::Ask(None), Known::Size),
@@ -313,7 +314,7 @@ fn learn(m: &Module, h: CK_SESSION_HANDLE, handles: &[u64]) {
     if let Ok(place) = m.place(h)
         && let Ok(mut objects) = m.objects()
     {
-        objects.learn(place.generation, handles);
+        objects.learn(place.generation, place.slot, handles);
     }
 }
 

@@ -16,7 +16,7 @@ fn learn(m: &Module, h: CK_SESSION_HANDLE, handles: &[u64]) {
     if let Ok(place) = m.place(h)
         && let Ok(mut objects) = m.objects()
     {
-        objects.learn(place.generation, handles);
+        objects.learn(place.generation, place.slot, handles);
     }
 }
 
@@ -25,7 +25,7 @@ fn unlearn(m: &Module, h: CK_SESSION_HANDLE, object: u64, destroyed: bool) {
     if let Ok(place) = m.place(h)
         && let Ok(mut objects) = m.objects()
     {
-        objects.forget(place.generation, object, destroyed);
+        objects.forget(place.generation, place.slot, object, destroyed);
     }
 }
 
