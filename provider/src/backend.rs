@@ -83,6 +83,9 @@ pub(crate) struct Token {
 struct TokenState {
     logged_in: bool,
     idle: Vec<u64>,
+    /// Sessions not kept (the pool was full, or one was discarded): closed on the server in
+    /// the round trip that next opens a session.
+    to_close: Vec<u64>,
 }
 
 /// PINs a token rejected, in this process (and its fork children), across connections and
@@ -120,11 +123,11 @@ pub(crate) struct SessionGuard<'a> {
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        if self.keep {
-            let mut st = lock(&self.token.state);
-            if st.idle.len() < MAX_IDLE_SESSIONS {
-                st.idle.push(self.handle);
-            }
+        let mut st = lock(&self.token.state);
+        if self.keep && st.idle.len() < MAX_IDLE_SESSIONS {
+            st.idle.push(self.handle);
+        } else {
+            st.to_close.push(self.handle);
         }
     }
 }
@@ -478,10 +481,26 @@ impl Token {
 
     /// A session from the pool, or a new one (one round trip).
     pub(crate) fn session<'a>(&'a self, link: &Link) -> Result<SessionGuard<'a>, Error> {
-        let idle = lock(&self.state).idle.pop();
+        let (idle, to_close) = {
+            let mut st = lock(&self.state);
+            match st.idle.pop() {
+                Some(h) => (Some(h), Vec::new()),
+                None => (None, std::mem::take(&mut st.to_close)),
+            }
+        };
         let handle = match idle {
             Some(h) => h,
-            None => link.client.open_session(self.slot, CKF_SERIAL_SESSION)?,
+            None => {
+                // Sessions not kept are closed in the round trip that opens this one.
+                let mut batch: Vec<Request> =
+                    to_close.iter().map(|&s| req::close_session(s)).collect();
+                batch.push(req::open_session(self.slot, CKF_SERIAL_SESSION));
+                let opened = link
+                    .batch(&batch)
+                    .pop()
+                    .unwrap_or(Err(p11fwd_wire::Error::Closed));
+                parse::ulong(opened?)?
+            }
         };
         Ok(SessionGuard {
             token: self,

@@ -849,6 +849,105 @@ fn threads_with_a_wrong_pin_send_it_once() {
     assert_eq!(logins, 1, "C_Login calls seen by the token:\n{log}");
 }
 
+/// Three bursts of sixteen threads signing at once with one key.
+const SIGNING_BURSTS_C: &str = r#"
+#include <openssl/evp.h>
+#include <openssl/provider.h>
+#include <openssl/store.h>
+#include <pthread.h>
+#include <stdio.h>
+
+static EVP_PKEY *key;
+static pthread_barrier_t start;
+static int failures;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void *sign(void *arg) {
+    (void)arg;
+    unsigned char digest[32] = {1}, sig[256];
+    size_t len = sizeof sig;
+    pthread_barrier_wait(&start);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    if (ctx == NULL || EVP_PKEY_sign_init(ctx) <= 0
+        || EVP_PKEY_sign(ctx, sig, &len, digest, sizeof digest) <= 0) {
+        pthread_mutex_lock(&mu);
+        failures++;
+        pthread_mutex_unlock(&mu);
+    }
+    EVP_PKEY_CTX_free(ctx);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    pthread_t t[16];
+    if (argc != 2 || OSSL_PROVIDER_load(NULL, "default") == NULL
+        || OSSL_PROVIDER_load(NULL, "p11fwd") == NULL)
+        return 2;
+    OSSL_STORE_CTX *s = OSSL_STORE_open(argv[1], NULL, NULL, NULL, NULL);
+    while (s != NULL && key == NULL && !OSSL_STORE_eof(s)) {
+        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
+        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
+            key = OSSL_STORE_INFO_get1_PKEY(i);
+        OSSL_STORE_INFO_free(i);
+    }
+    OSSL_STORE_close(s);
+    if (key == NULL)
+        return 3;
+    for (int burst = 0; burst < 3; burst++) {
+        pthread_barrier_init(&start, NULL, 16);
+        for (int i = 0; i < 16; i++)
+            pthread_create(&t[i], NULL, sign, NULL);
+        for (int i = 0; i < 16; i++)
+            pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&start);
+    }
+    EVP_PKEY_free(key);
+    printf("failures %d\n", failures);
+    return failures != 0;
+}
+"#;
+
+/// Sessions the provider does not keep (more threads than its pool holds) are closed on the
+/// server, not forgotten: three bursts of sixteen threads leave open on the token at most the
+/// pool's eight, the last burst's eight waiting to be closed and the key load's own (each burst
+/// used to leave eight more, none closed).
+#[test]
+fn sessions_beyond_the_pool_are_closed() {
+    let mut env = Env::new(&[Key::EcP256]);
+    let (server, spy_log) = spy_server(&mut env);
+    let src = env.path("bursts.c");
+    let bin = env.path("bursts");
+    std::fs::write(&src, SIGNING_BURSTS_C).unwrap();
+    let out = run(Command::new(p11fwd_tests::require_tool("cc")).args([
+        "-Wall",
+        "-Werror",
+        "-o",
+        s(&bin),
+        s(&src),
+        "-lcrypto",
+        "-lpthread",
+    ]));
+    assert!(out.success(), "cc: {}", out.stderr);
+    let mut program = Command::new(&bin);
+    program.arg(env.key_uri("ec-p256"));
+    for (k, v) in env.openssl_cmd(&[]).get_envs() {
+        match v {
+            Some(v) => program.env(k, v),
+            None => program.env_remove(k),
+        };
+    }
+    let out = run(&mut program);
+    assert!(out.success(), "{}{}", out.stdout, out.stderr);
+    drop(server);
+    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
+    let opened = log.matches("C_OpenSession").count();
+    let closed = log.matches("C_CloseSession").count();
+    assert!(
+        opened >= 16 && opened - closed <= 20,
+        "{opened} sessions opened, {closed} closed"
+    );
+}
+
 #[test]
 fn bad_input_fails_clearly_and_quickly() {
     let env = Env::new(&[Key::EcP256, Key::EcP384]);
