@@ -698,7 +698,22 @@ impl Key {
 
     /// Several `[init, (login), op]` steps with the private key, all in one round trip; one
     /// result per step.
+    ///
+    /// A connection that died since its last use (the server restarted, an `ssh -R` forward
+    /// was re-established) fails every step without a token's answer: the steps are sent again
+    /// once, on a new connection. Signing and decryption can be repeated; a context-specific
+    /// login (a PIN) is never sent twice.
     pub(crate) fn token_ops(&self, steps: &[OpStep<'_>]) -> Vec<Result<Vec<u8>, OpError>> {
+        let (results, retry) = self.token_ops_once(steps);
+        if !retry {
+            return results;
+        }
+        tracing::debug!("the connection was lost; once more on a new one");
+        self.token_ops_once(steps).0
+    }
+
+    /// [`Key::token_ops`] once; `true` if it may be sent again on a new connection.
+    fn token_ops_once(&self, steps: &[OpStep<'_>]) -> (Vec<Result<Vec<u8>, OpError>>, bool) {
         let fail_all = |e: Error| {
             let msg = e.to_string();
             let mut out = vec![Err(OpError::setup(e))];
@@ -708,15 +723,18 @@ impl Key {
             out
         };
         let Some(object) = self.private.as_ref() else {
-            return fail_all(Error::Unsupported("this operation with a public key"));
+            return (
+                fail_all(Error::Unsupported("this operation with a public key")),
+                false,
+            );
         };
         let (link, token, handle) = match self.resolve(object) {
             Ok(r) => r,
-            Err(e) => return fail_all(e),
+            Err(e) => return (fail_all(e), false),
         };
         let mut session = match token.session(&link) {
             Ok(s) => s,
-            Err(e) => return fail_all(e),
+            Err(e) => return (fail_all(e), false),
         };
         let s = session.handle;
         let d = link.client.dialect();
@@ -732,7 +750,7 @@ impl Key {
                 None if token.protected_path() => None,
                 None => match crate::ffi::ui::prompt(&token.label()) {
                     Some(p) => Some(p),
-                    None => return fail_all(Error::PinRequired(token.label())),
+                    None => return (fail_all(Error::PinRequired(token.label())), false),
                 },
             }
         } else {
@@ -793,7 +811,13 @@ impl Key {
             }
             results.push(out);
         }
-        results
+        // Nothing reached a token (no CK_RV at all) and the connection is now known dead.
+        let retry = !context_login
+            && link.client.connection().is_broken()
+            && results
+                .iter()
+                .all(|r| matches!(r, Err(e) if e.rv.is_none() && e.stage == Stage::Init));
+        (results, retry)
     }
 }
 

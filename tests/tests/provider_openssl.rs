@@ -654,13 +654,27 @@ fn always_authenticate_key_logs_in_per_signature() {
 struct OwnServer {
     child: std::process::Child,
     socket: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl OwnServer {
     fn start(program: &Path, module: &Path, token: &TestToken, env: &[(&str, &Path)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("server.sock");
+        let mut server =
+            Self::start_at(&dir.path().join("server.sock"), program, module, token, env);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on `socket` (a path that outlives it, for restarts).
+    fn start_at(
+        socket: &Path,
+        program: &Path,
+        module: &Path,
+        token: &TestToken,
+        env: &[(&str, &Path)],
+    ) -> Self {
+        let socket = socket.to_path_buf();
         let child = Command::new(program)
             .envs(token.env())
             .envs(env.iter().map(|(k, v)| (*k, *v)))
@@ -688,7 +702,7 @@ impl OwnServer {
         Self {
             child,
             socket,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -751,6 +765,32 @@ fn wrong_pin_reaches_the_token_exactly_once() {
     assert_eq!(logins, 1, "C_Login calls seen by the token:\n{log}");
 }
 
+/// Compiles `source` (C, with libcrypto and pthreads) and returns a command for it with the
+/// environment `openssl_cmd` gives the `openssl` CLI.
+fn c_program(env: &Env, name: &str, source: &str) -> Command {
+    let src = env.path(&format!("{name}.c"));
+    let bin = env.path(name);
+    std::fs::write(&src, source).unwrap();
+    let out = run(Command::new(p11fwd_tests::require_tool("cc")).args([
+        "-Wall",
+        "-Werror",
+        "-o",
+        s(&bin),
+        s(&src),
+        "-lcrypto",
+        "-lpthread",
+    ]));
+    assert!(out.success(), "cc {name}.c: {}", out.stderr);
+    let mut program = Command::new(&bin);
+    for (k, v) in env.openssl_cmd(&[]).get_envs() {
+        match v {
+            Some(v) => program.env(k, v),
+            None => program.env_remove(k),
+        };
+    }
+    program
+}
+
 /// Eight threads of one process load a key with the same wrong PIN at the same moment: the
 /// token sees one C_Login, not one per thread (a card locks after a few). (This program did not
 /// hit the race before the login lock; a reviewer's did, with 6, 3 and 1 logins in three runs.
@@ -806,36 +846,14 @@ int main(int argc, char **argv) {
 fn threads_with_a_wrong_pin_send_it_once() {
     let mut env = Env::new(&[Key::EcP256]);
     let (server, spy_log) = spy_server(&mut env);
-    let src = env.path("wrong_pin_threads.c");
-    let bin = env.path("wrong_pin_threads");
-    std::fs::write(&src, WRONG_PIN_THREADS_C).unwrap();
-    let out = run(Command::new(p11fwd_tests::require_tool("cc")).args([
-        "-Wall",
-        "-Werror",
-        "-o",
-        s(&bin),
-        s(&src),
-        "-lcrypto",
-        "-lpthread",
-    ]));
-    assert!(out.success(), "cc: {}", out.stderr);
     let uri = format!(
         "{};type=private?pin-value=999999",
         env.token.object_uri("ec-p256")
     );
-    // The environment of `openssl_cmd`, for our own program.
-    let mut cmd = env.openssl_cmd(&[]);
-    let mut program = Command::new(&bin);
+    let mut program = c_program(&env, "wrong_pin_threads", WRONG_PIN_THREADS_C);
     program
         .arg(&uri)
         .arg(format!("{};type=public", env.token.object_uri("ec-p256")));
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => program.env(k, v),
-            None => program.env_remove(k),
-        };
-    }
-    let _ = &mut cmd;
     let out = run(&mut program);
     assert!(
         out.success() && out.stdout.contains("done"),
@@ -915,27 +933,8 @@ int main(int argc, char **argv) {
 fn sessions_beyond_the_pool_are_closed() {
     let mut env = Env::new(&[Key::EcP256]);
     let (server, spy_log) = spy_server(&mut env);
-    let src = env.path("bursts.c");
-    let bin = env.path("bursts");
-    std::fs::write(&src, SIGNING_BURSTS_C).unwrap();
-    let out = run(Command::new(p11fwd_tests::require_tool("cc")).args([
-        "-Wall",
-        "-Werror",
-        "-o",
-        s(&bin),
-        s(&src),
-        "-lcrypto",
-        "-lpthread",
-    ]));
-    assert!(out.success(), "cc: {}", out.stderr);
-    let mut program = Command::new(&bin);
+    let mut program = c_program(&env, "bursts", SIGNING_BURSTS_C);
     program.arg(env.key_uri("ec-p256"));
-    for (k, v) in env.openssl_cmd(&[]).get_envs() {
-        match v {
-            Some(v) => program.env(k, v),
-            None => program.env_remove(k),
-        };
-    }
     let out = run(&mut program);
     assert!(out.success(), "{}{}", out.stdout, out.stderr);
     drop(server);
@@ -945,6 +944,93 @@ fn sessions_beyond_the_pool_are_closed() {
     assert!(
         opened >= 16 && opened - closed <= 20,
         "{opened} sessions opened, {closed} closed"
+    );
+}
+
+/// Signs, waits for a line on stdin, signs again.
+const SIGN_TWICE_C: &str = r#"
+#include <openssl/evp.h>
+#include <openssl/provider.h>
+#include <openssl/store.h>
+#include <stdio.h>
+
+static int sign(EVP_PKEY *key) {
+    unsigned char digest[32] = {1}, sig[256];
+    size_t len = sizeof sig;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    int ok = ctx != NULL && EVP_PKEY_sign_init(ctx) > 0
+        && EVP_PKEY_sign(ctx, sig, &len, digest, sizeof digest) > 0;
+    EVP_PKEY_CTX_free(ctx);
+    return ok;
+}
+
+int main(int argc, char **argv) {
+    EVP_PKEY *key = NULL;
+    char line[16];
+    if (argc != 2 || OSSL_PROVIDER_load(NULL, "default") == NULL
+        || OSSL_PROVIDER_load(NULL, "p11fwd") == NULL)
+        return 2;
+    OSSL_STORE_CTX *s = OSSL_STORE_open(argv[1], NULL, NULL, NULL, NULL);
+    while (s != NULL && key == NULL && !OSSL_STORE_eof(s)) {
+        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
+        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
+            key = OSSL_STORE_INFO_get1_PKEY(i);
+        OSSL_STORE_INFO_free(i);
+    }
+    OSSL_STORE_close(s);
+    if (key == NULL || !sign(key))
+        return 3;
+    puts("first");
+    fflush(stdout);
+    if (fgets(line, sizeof line, stdin) == NULL)
+        return 4;
+    if (!sign(key))
+        return 5;
+    puts("second");
+    EVP_PKEY_free(key);
+    return 0;
+}
+"#;
+
+/// The first signature after the server restarted succeeds: the dead connection is noticed on
+/// that signature, which is sent again once on a new connection (it used to fail, and only the
+/// next operation reconnected: a failed TLS handshake per process per restart).
+#[test]
+fn the_first_signature_after_a_server_restart_succeeds() {
+    use std::io::{BufRead, Write};
+    let mut env = Env::new(&[Key::EcP256]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("server.sock");
+    // `p11fwd server`: one process, so killing it ends the connection (a stock server's
+    // per-connection process would live on).
+    let program = p11fwd_tests::artifacts::forwarder_bin();
+    let start = || OwnServer::start_at(&socket, &program, env.token.module_path(), &env.token, &[]);
+    let server = start();
+    env.address = server.address();
+    let mut program = c_program(&env, "sign_twice", SIGN_TWICE_C);
+    program
+        .arg(env.key_uri("ec-p256"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = program.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    // Restart the server on the same socket.
+    drop(server);
+    let _ = std::fs::remove_file(&socket);
+    let _server = start();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+    assert!(
+        status.success() && line == "second\n",
+        "{status:?} {line:?}\n{err}"
     );
 }
 
