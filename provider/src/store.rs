@@ -173,12 +173,22 @@ impl StoreCtx {
         }
         let backend = self.provctx.backend();
         let link = backend.link()?;
-        let tokens: Vec<Arc<Token>> = link
+        let mut tokens: Vec<Arc<Token>> = link
             .tokens
             .iter()
             .filter(|t| self.token_matches(&link, t))
             .cloned()
             .collect();
+        // A PIN goes to one token only: with several candidates, first find (without a login)
+        // which of them holds the object.
+        if tokens
+            .iter()
+            .filter(|t| self.login_needed(t, &wanted))
+            .count()
+            > 1
+        {
+            tokens = self.narrow_before_login(&link, tokens, &wanted)?;
+        }
         let mut out = VecDeque::new();
         let mut private_candidates: Vec<String> = Vec::new();
         let mut first_error = None;
@@ -324,6 +334,68 @@ impl StoreCtx {
             t.push(Attribute::bytes(CKA_SUBJECT, subject.clone()));
         }
         t
+    }
+
+    /// Whether searching `token` for `wanted` would log in with a PIN.
+    fn login_needed(&self, token: &Token, wanted: &[ObjectClass]) -> bool {
+        let behavior = self.provctx.backend().login_behavior;
+        let wants_private = wanted.contains(&ObjectClass::PrivateKey);
+        behavior != LoginBehavior::Never
+            && !token.logged_in()
+            && !token.protected_path()
+            && (behavior == LoginBehavior::Always || (wants_private && token.login_required()))
+    }
+
+    /// Of several tokens a PIN would be sent to, those that show an object matching the URI
+    /// (a public key or certificate of the key) without a login; an error rather than a PIN
+    /// sent to several tokens (each wrong PIN counts towards a token's lock-out).
+    fn narrow_before_login(
+        &self,
+        link: &Arc<Link>,
+        tokens: Vec<Arc<Token>>,
+        wanted: &[ObjectClass],
+    ) -> Result<Vec<Arc<Token>>, Error> {
+        let mut holders = Vec::new();
+        let mut others = Vec::new();
+        for token in tokens {
+            if !self.login_needed(&token, wanted) {
+                others.push(token);
+                continue;
+            }
+            // A token that cannot be searched (not initialised, say) holds nothing.
+            let shows = token.session(link).and_then(|session| {
+                link.find(&token, session.handle, self.template(None), &Auth::None)
+                    .map(|(handles, _)| !handles.is_empty())
+            });
+            let shows = shows.unwrap_or_else(|e| {
+                tracing::debug!(token = %token.label(), error = %e, "cannot search before logging in");
+                false
+            });
+            if shows {
+                holders.push(token);
+            }
+        }
+        match holders.len() {
+            1 => {
+                others.extend(holders);
+                Ok(others)
+            }
+            0 if !others.is_empty() => Ok(others),
+            n => Err(Error::NoMatch(format!(
+                "{} on one token: {} matching tokens would need a PIN and {n} of them show a \
+                 matching object before logging in; add token= (or serial=) to the URI so that \
+                 the PIN goes to one token only",
+                self.shown,
+                self.tokens_needing_login(link, wanted),
+            ))),
+        }
+    }
+
+    fn tokens_needing_login(&self, link: &Link, wanted: &[ObjectClass]) -> usize {
+        link.tokens
+            .iter()
+            .filter(|t| self.token_matches(link, t) && self.login_needed(t, wanted))
+            .count()
     }
 
     /// Searches one token: returns what to hand out and the URIs of the private keys found.

@@ -128,6 +128,43 @@ fn two_tokens_each_key_with_its_own_pin() {
         let a = std::fs::read(env.path("multi-0.pub.pem")).unwrap();
         let b = std::fs::read(env.path("multi-1.pub.pem")).unwrap();
         assert_ne!(a, b, "{kind}: both URIs found the same key");
+        // The PIN goes to the token that holds the key only: with the label alone, the other
+        // token is not tried (each wrong PIN counts towards a token's lock-out).
+        let key = format!("pkcs11:object=ec-second;type=private?pin-value={SECOND_PIN}");
+        let mut cmd = env.openssl_cmd(&[
+            "dgst",
+            "-provider",
+            "default",
+            "-provider",
+            "p11fwd",
+            "-sha256",
+            "-sign",
+            &key,
+            "-out",
+            s(&env.path("traced.sig")),
+            "data.txt",
+        ]);
+        cmd.env("P11FWD_DEBUG", "debug");
+        let out = run(&mut cmd);
+        assert!(out.success(), "{kind}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("rejected the PIN"),
+            "{kind}: {}",
+            out.stderr
+        );
+        // A URI both tokens answer before a login: refused before any PIN is sent.
+        let key = format!("pkcs11:type=private?pin-value={SECOND_PIN}");
+        let out = env.ossl(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            &key,
+            "-out",
+            s(&env.path("none.sig")),
+            "data.txt",
+        ]);
+        assert!(!out.success(), "{kind}: signed with an ambiguous URI");
+        assert!(out.stderr.contains("token="), "{kind}: {}", out.stderr);
         // The first token's PIN does not open the second token.
         let key = format!(
             "pkcs11:token={SECOND};object=ec-second;type=private?pin-value={}",
