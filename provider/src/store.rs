@@ -579,9 +579,15 @@ impl StoreCtx {
                 match Key::build(&self.provctx, link, token, &parts, true) {
                     Ok(key) => {
                         if key.always_authenticate {
+                            // The PIN of this search, or (the token was logged in already) the
+                            // one the URI, the configuration or an earlier login gives.
+                            let auth_pin = match &pin {
+                                Some(p) => Some(p.clone()),
+                                None => self.pin_without_prompt(token).ok().flatten(),
+                            };
                             *key.auth_pin
                                 .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner) = pin.clone();
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = auth_pin;
                         }
                         private_uris.push(key.uri.clone());
                         found.push(self.register(key));

@@ -1034,6 +1034,65 @@ fn the_first_signature_after_a_server_restart_succeeds() {
     );
 }
 
+/// Loads two keys in one process and signs with the second.
+const SECOND_KEY_SIGNS_C: &str = r#"
+#include <openssl/evp.h>
+#include <openssl/provider.h>
+#include <openssl/store.h>
+#include <stdio.h>
+
+static EVP_PKEY *load(const char *uri) {
+    EVP_PKEY *key = NULL;
+    OSSL_STORE_CTX *s = OSSL_STORE_open(uri, NULL, NULL, NULL, NULL);
+    while (s != NULL && key == NULL && !OSSL_STORE_eof(s)) {
+        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
+        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
+            key = OSSL_STORE_INFO_get1_PKEY(i);
+        OSSL_STORE_INFO_free(i);
+    }
+    OSSL_STORE_close(s);
+    return key;
+}
+
+int main(int argc, char **argv) {
+    unsigned char digest[32] = {1}, sig[512];
+    size_t len = sizeof sig;
+    if (argc != 3 || OSSL_PROVIDER_load(NULL, "default") == NULL
+        || OSSL_PROVIDER_load(NULL, "p11fwd") == NULL)
+        return 2;
+    EVP_PKEY *first = load(argv[1]), *second = load(argv[2]);
+    if (first == NULL || second == NULL)
+        return 3;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, second, NULL);
+    if (ctx == NULL || EVP_PKEY_sign_init(ctx) <= 0
+        || EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) <= 0
+        || EVP_PKEY_sign(ctx, sig, &len, digest, sizeof digest) <= 0)
+        return 4;
+    puts("signed");
+    return 0;
+}
+"#;
+
+/// A key with CKA_ALWAYS_AUTHENTICATE loaded after the token is logged in (by another key of
+/// the same process) signs with the PIN in its URI (it used to find no PIN: none was "used" by
+/// its search).
+#[test]
+fn always_authenticate_key_loaded_after_a_login_signs() {
+    let env = Env::new(&[Key::EcP256, Key::RsaAlwaysAuth]);
+    let mut program = c_program(&env, "second_key", SECOND_KEY_SIGNS_C);
+    program
+        .arg(env.key_uri("ec-p256"))
+        .arg(env.key_uri("rsa-always-auth"));
+    let out = run(&mut program);
+    assert!(
+        out.success() && out.stdout.contains("signed"),
+        "{:?}: {}{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
 #[test]
 fn bad_input_fails_clearly_and_quickly() {
     let env = Env::new(&[Key::EcP256, Key::EcP384]);
