@@ -7,6 +7,7 @@ use std::ffi::c_void;
 
 use cryptoki_sys::*;
 use p11fwd_wire::CallId;
+use zeroize::Zeroizing;
 
 use super::{
     OutBytes, OutFixed, OutPtr, OutUlongs, ck_info, ck_mechanism_info, ck_session_info,
@@ -328,11 +329,13 @@ entry! {
         pulEncryptedDataLen: *mut CK_ULONG,
     ) {
         let m = state::module()?;
+        // Copied: the output may be the same buffer (in-place Encrypt, allowed by PKCS#11), and a
+        // shared reference must not be alive while it is written.
         // SAFETY: pData NULL or ulDataLen bytes.
-        let data = unsafe { in_bytes(pData, ulDataLen) }?;
+        let data = Zeroizing::new(unsafe { in_bytes(pData, ulDataLen) }?.to_vec());
         // SAFETY: length pointer NULL (rejected) or in/out; buffer NULL or that many bytes.
         let out = unsafe { OutBytes::from_raw(pEncryptedData, pulEncryptedDataLen) }?;
-        crypto::in_out(&m, CallId::Encrypt, hSession, data, out)
+        crypto::in_out(&m, CallId::Encrypt, hSession, &data, out)
     }
 
     /// `C_EncryptUpdate` (§5.8).
@@ -344,11 +347,13 @@ entry! {
         pulEncryptedPartLen: *mut CK_ULONG,
     ) {
         let m = state::module()?;
+        // Copied: the output may be the same buffer (in-place EncryptUpdate, allowed by PKCS#11), and a
+        // shared reference must not be alive while it is written.
         // SAFETY: pPart NULL or ulPartLen bytes.
-        let data = unsafe { in_bytes(pPart, ulPartLen) }?;
+        let data = Zeroizing::new(unsafe { in_bytes(pPart, ulPartLen) }?.to_vec());
         // SAFETY: length pointer NULL (rejected) or in/out; buffer NULL or that many bytes.
         let out = unsafe { OutBytes::from_raw(pEncryptedPart, pulEncryptedPartLen) }?;
-        crypto::in_out(&m, CallId::EncryptUpdate, hSession, data, out)
+        crypto::in_out(&m, CallId::EncryptUpdate, hSession, &data, out)
     }
 
     /// `C_EncryptFinal` (§5.8).
@@ -380,11 +385,13 @@ entry! {
         pulDataLen: *mut CK_ULONG,
     ) {
         let m = state::module()?;
+        // Copied: the output may be the same buffer (in-place Decrypt, allowed by PKCS#11), and a
+        // shared reference must not be alive while it is written.
         // SAFETY: pEncryptedData NULL or ulEncryptedDataLen bytes.
-        let data = unsafe { in_bytes(pEncryptedData, ulEncryptedDataLen) }?;
+        let data = Zeroizing::new(unsafe { in_bytes(pEncryptedData, ulEncryptedDataLen) }?.to_vec());
         // SAFETY: length pointer NULL (rejected) or in/out; buffer NULL or that many bytes.
         let out = unsafe { OutBytes::from_raw(pData, pulDataLen) }?;
-        crypto::in_out(&m, CallId::Decrypt, hSession, data, out)
+        crypto::in_out(&m, CallId::Decrypt, hSession, &data, out)
     }
 
     /// `C_DecryptUpdate` (§5.9).
@@ -396,11 +403,13 @@ entry! {
         pulPartLen: *mut CK_ULONG,
     ) {
         let m = state::module()?;
+        // Copied: the output may be the same buffer (in-place DecryptUpdate, allowed by PKCS#11), and a
+        // shared reference must not be alive while it is written.
         // SAFETY: pEncryptedPart NULL or ulEncryptedPartLen bytes.
-        let data = unsafe { in_bytes(pEncryptedPart, ulEncryptedPartLen) }?;
+        let data = Zeroizing::new(unsafe { in_bytes(pEncryptedPart, ulEncryptedPartLen) }?.to_vec());
         // SAFETY: length pointer NULL (rejected) or in/out; buffer NULL or that many bytes.
         let out = unsafe { OutBytes::from_raw(pPart, pulPartLen) }?;
-        crypto::in_out(&m, CallId::DecryptUpdate, hSession, data, out)
+        crypto::in_out(&m, CallId::DecryptUpdate, hSession, &data, out)
     }
 
     /// `C_DecryptFinal` (§5.9).
