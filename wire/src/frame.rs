@@ -131,12 +131,18 @@ impl Frame {
 /// blocking transport does).
 pub fn encode(code: u32, options: &[u8], body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER_LEN + options.len() + body.len());
-    v.extend_from_slice(&code.to_be_bytes());
-    v.extend_from_slice(&(options.len() as u32).to_be_bytes());
-    v.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    v.extend_from_slice(options);
-    v.extend_from_slice(body);
+    encode_into(&mut v, code, options, body);
     v
+}
+
+/// [`encode`], appended to `out` (which the caller sizes: frames may carry PINs, and a buffer
+/// that grows leaves copies behind).
+pub fn encode_into(out: &mut Vec<u8>, code: u32, options: &[u8], body: &[u8]) {
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(&(options.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(options);
+    out.extend_from_slice(body);
 }
 
 /// Try to take one frame from the front of `buf`.

@@ -478,7 +478,7 @@ impl Connection {
 
     /// Send one request and wait for its reply. An ERROR reply becomes [`Error::Rv`].
     pub fn call(&self, req: &Request) -> Result<Vec<Arg>> {
-        let body = self.encode(req)?;
+        let body = Zeroizing::new(self.encode(req)?);
         let code = self.next_code();
         let deadline = Instant::now() + self.opts.timeout;
         self.send(&Zeroizing::new(frame::encode(
@@ -496,15 +496,12 @@ impl Connection {
     /// effect of an earlier one in the same batch (e.g. `C_SignInit` then `C_Sign`). If a
     /// request cannot be encoded for this server, nothing is sent.
     pub fn call_batch(&self, reqs: &[Request]) -> Vec<Result<Vec<Arg>>> {
-        let mut wire = Zeroizing::new(Vec::new());
-        let mut codes = Vec::with_capacity(reqs.len());
+        // Bodies first, then one buffer of the right size: requests may carry PINs, and neither
+        // a temporary frame nor a growing buffer may leave a copy behind.
+        let mut bodies = Vec::with_capacity(reqs.len());
         for req in reqs {
             match self.encode(req) {
-                Ok(body) => {
-                    let code = self.next_code();
-                    wire.extend_from_slice(&frame::encode(code, &self.opts.options, &body));
-                    codes.push(code);
-                }
+                Ok(body) => bodies.push(Zeroizing::new(body)),
                 Err(e) => {
                     let what = e.to_string();
                     let rv = e.rv();
@@ -520,6 +517,19 @@ impl Connection {
                 }
             }
         }
+        let options = &self.opts.options;
+        let total = bodies
+            .iter()
+            .map(|b| HEADER_LEN + options.len() + b.len())
+            .sum();
+        let mut wire = Zeroizing::new(Vec::with_capacity(total));
+        let mut codes = Vec::with_capacity(reqs.len());
+        for body in &bodies {
+            let code = self.next_code();
+            frame::encode_into(&mut wire, code, options, body);
+            codes.push(code);
+        }
+        drop(bodies);
         let deadline = Instant::now() + self.opts.timeout;
         if let Err(e) = self.send(&wire) {
             let b = Broken::of(&e);
