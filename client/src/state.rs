@@ -184,6 +184,8 @@ struct Session {
     slot: CK_SLOT_ID,
     generation: u64,
     ops: OpState,
+    /// Held through a call on the session (see [`Module::session_tx`]).
+    calls: Arc<Mutex<()>>,
 }
 
 /// Where a session lives, for a call on it.
@@ -392,6 +394,17 @@ impl Module {
         meta: Option<u64>,
         f: impl FnOnce(&Tx<'_>, u64) -> p11fwd_wire::Result<T>,
     ) -> Result<T> {
+        // One call at a time per session, from taking its deferred requests until their
+        // outcome is recorded: a thread must not send another thread's deferred Init after
+        // that thread's own call (replies of one session would then come in the wrong order).
+        let calls = lock(&self.sessions)?
+            .map
+            .get(&handle)
+            .map(|s| Arc::clone(&s.calls))
+            .ok_or(rv(CKR_SESSION_HANDLE_INVALID))?;
+        let _one_call = calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (place, pending) = {
             let mut sessions = lock(&self.sessions)?;
             let session = sessions
@@ -623,6 +636,7 @@ impl Module {
                 slot,
                 generation,
                 ops: OpState::default(),
+                calls: Arc::default(),
             },
         );
         Ok(handle)

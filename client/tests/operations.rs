@@ -1045,6 +1045,77 @@ fn threads(kind: Kind) {
     assert_eq!(lib.finalize(), CKR_OK);
 }
 
+/// Two threads share one session: one signs (its `C_SignInit` deferred, sent with `C_Sign`),
+/// the other reads an attribute; every signature succeeds (another thread's call used to take
+/// the deferred Init and send it after the `C_Sign` it belongs to).
+fn one_session_two_threads(kind: Kind) {
+    let _g = lock();
+    let token = token();
+    let (_server, lib) = setup(kind, &token);
+    let h = lib.session();
+    let key = lib.object(h, CKO_PRIVATE_KEY, "ec-p256");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (lib, done) = (&lib, &done);
+        s.spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut label = [0u8; 64];
+                let mut attr = [CK_ATTRIBUTE {
+                    type_: CKA_LABEL,
+                    pValue: label.as_mut_ptr().cast(),
+                    ulValueLen: 64,
+                }];
+                assert_eq!(
+                    call!(lib, C_GetAttributeValue, h, key, attr.as_mut_ptr(), 1),
+                    CKR_OK
+                );
+            }
+        });
+        let mut failures = Vec::new();
+        for i in 0..2000u32 {
+            let digest = [1u8; 32];
+            let mut sig = [0u8; 256];
+            let mut len: CK_ULONG = 256;
+            let mut m = mech(CKM_ECDSA);
+            let init = call!(lib, C_SignInit, h, &mut m, key);
+            let sign = if init == CKR_OK {
+                call!(
+                    lib,
+                    C_Sign,
+                    h,
+                    digest.as_ptr().cast_mut(),
+                    32,
+                    sig.as_mut_ptr(),
+                    &mut len
+                )
+            } else {
+                init
+            };
+            if sign != CKR_OK {
+                failures.push((i, sign));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failures: {:x?}",
+            failures.len(),
+            &failures[..failures.len().min(6)]
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(lib.finalize(), CKR_OK);
+}
+
+#[test]
+fn one_session_two_threads_stock() {
+    one_session_two_threads(Kind::Stock);
+}
+
+#[test]
+fn one_session_two_threads_p11fwd() {
+    one_session_two_threads(Kind::Fwd);
+}
+
 /// Calls from many threads share one connection without waiting for each other: through a
 /// relay adding 50 ms each way, 8 threads × 4 calls take about 4 round trips, not 32.
 fn multiplexed(kind: Kind) {
