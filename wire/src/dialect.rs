@@ -240,6 +240,11 @@ pub fn is_template_type(ty: u64) -> bool {
 }
 
 /// How `mech`'s parameter is laid out in memory (see [`ParamLayout`]).
+///
+/// `Flat` and `Pointers` are only what is known for sure; every other mechanism, standard or
+/// vendor-defined, is `Unknown`, and its raw bytes may hold pointers: a server must not hand
+/// them to a module (the forwarder allows raw bytes only for the `Flat` ones it knows the size
+/// of).
 pub fn param_layout(mech: u64) -> ParamLayout {
     use consts::*;
     if Dialect::V2.is_noparam(mech) {
@@ -295,7 +300,9 @@ pub fn param_layout(mech: u64) -> ParamLayout {
         | CKM_DES3_CBC
         | CKM_DES3_CBC_PAD
         | CKM_SHA512_224_HMAC_GENERAL
-        | CKM_SHA512_256_HMAC_GENERAL => ParamLayout::Flat,
+        | CKM_SHA512_256_HMAC_GENERAL
+        // An object handle (`CK_OBJECT_HANDLE`): flat, but it must be translated.
+        | CKM_CONCATENATE_BASE_AND_KEY => ParamLayout::Flat,
         // Parameters that carry pointers.
         CKM_EDDSA
         | CKM_ECDH1_COFACTOR_DERIVE
@@ -324,7 +331,70 @@ pub fn param_layout(mech: u64) -> ParamLayout {
         | CKM_TLS12_KEY_AND_MAC_DERIVE
         | CKM_TLS_PRF
         | CKM_SSL3_MASTER_KEY_DERIVE
-        | CKM_TLS_MASTER_KEY_DERIVE => ParamLayout::Pointers,
+        | CKM_TLS_MASTER_KEY_DERIVE
+        | CKM_SSL3_MASTER_KEY_DERIVE_DH
+        | CKM_TLS_MASTER_KEY_DERIVE_DH
+        | CKM_TLS12_MASTER_KEY_DERIVE_DH
+        | CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE
+        | CKM_TLS12_EXTENDED_MASTER_KEY_DERIVE_DH
+        | CKM_SSL3_KEY_AND_MAC_DERIVE
+        | CKM_TLS_KEY_AND_MAC_DERIVE
+        | CKM_TLS12_KEY_SAFE_DERIVE
+        | CKM_TLS_KDF
+        | CKM_TLS12_KDF
+        | CKM_WTLS_MASTER_KEY_DERIVE
+        | CKM_WTLS_MASTER_KEY_DERIVE_DH_ECC
+        | CKM_WTLS_PRF
+        | CKM_WTLS_SERVER_KEY_AND_MAC_DERIVE
+        | CKM_WTLS_CLIENT_KEY_AND_MAC_DERIVE
+        | CKM_CHACHA20
+        | CKM_SALSA20
+        | CKM_PBE_MD2_DES_CBC
+        | CKM_PBE_MD5_DES_CBC
+        | CKM_PBE_MD5_CAST_CBC
+        | CKM_PBE_MD5_CAST3_CBC
+        | CKM_PBE_MD5_CAST128_CBC
+        | CKM_PBE_SHA1_CAST128_CBC
+        | CKM_PBE_SHA1_RC4_128
+        | CKM_PBE_SHA1_RC4_40
+        | CKM_PBE_SHA1_DES3_EDE_CBC
+        | CKM_PBE_SHA1_DES2_EDE_CBC
+        | CKM_PBE_SHA1_RC2_128_CBC
+        | CKM_PBE_SHA1_RC2_40_CBC
+        | CKM_PBA_SHA1_WITH_SHA1_HMAC
+        | CKM_KEY_WRAP_SET_OAEP
+        | CKM_ECDH_AES_KEY_WRAP
+        | CKM_ECDH_X_AES_KEY_WRAP
+        | CKM_ECDH_COF_AES_KEY_WRAP
+        | CKM_X9_42_DH_HYBRID_DERIVE
+        | CKM_X9_42_MQV_DERIVE
+        | CKM_GOSTR3410_DERIVE
+        | CKM_GOSTR3410_KEY_WRAP
+        | CKM_CAMELLIA_ECB_ENCRYPT_DATA
+        | CKM_CAMELLIA_CBC_ENCRYPT_DATA
+        | CKM_ARIA_ECB_ENCRYPT_DATA
+        | CKM_ARIA_CBC_ENCRYPT_DATA
+        | CKM_SEED_ECB_ENCRYPT_DATA
+        | CKM_SEED_CBC_ENCRYPT_DATA
+        | CKM_RC5_CBC
+        | CKM_RC5_CBC_PAD
+        | CKM_SKIPJACK_PRIVATE_WRAP
+        | CKM_SKIPJACK_RELAYX
+        | CKM_KEA_KEY_DERIVE
+        | CKM_CMS_SIG
+        | CKM_KIP_DERIVE
+        | CKM_KIP_WRAP
+        | CKM_KIP_MAC
+        | CKM_X3DH_INITIALIZE
+        | CKM_X3DH_RESPOND
+        | CKM_X2RATCHET_INITIALIZE
+        | CKM_X2RATCHET_RESPOND
+        | CKM_X2RATCHET_ENCRYPT
+        | CKM_X2RATCHET_DECRYPT
+        | CKM_IKE2_PRF_PLUS_DERIVE
+        | CKM_IKE_PRF_DERIVE
+        | CKM_IKE1_PRF_DERIVE
+        | CKM_IKE1_EXTENDED_DERIVE => ParamLayout::Pointers,
         _ => ParamLayout::Unknown,
     }
 }
@@ -418,5 +488,30 @@ mod tests {
         assert_eq!(param_layout(CKM_ECDH1_DERIVE), ParamLayout::Pointers);
         assert_eq!(param_layout(CKM_EDDSA), ParamLayout::Pointers);
         assert_eq!(param_layout(0x8123_4567), ParamLayout::Unknown);
+        // Structures with pointers that have no p11-kit serializer (found in an audit: they
+        // used to be Unknown, which a forwarder passed on as raw bytes).
+        for m in [
+            CKM_CHACHA20,
+            CKM_SALSA20,
+            CKM_SSL3_KEY_AND_MAC_DERIVE,
+            CKM_TLS_KEY_AND_MAC_DERIVE,
+            CKM_TLS_KDF,
+            CKM_PBE_SHA1_DES3_EDE_CBC,
+            CKM_KEY_WRAP_SET_OAEP,
+            CKM_ECDH_AES_KEY_WRAP,
+            CKM_X9_42_DH_HYBRID_DERIVE,
+            CKM_X9_42_MQV_DERIVE,
+            CKM_GOSTR3410_DERIVE,
+            CKM_CAMELLIA_CBC_ENCRYPT_DATA,
+            CKM_ARIA_ECB_ENCRYPT_DATA,
+            CKM_SEED_CBC_ENCRYPT_DATA,
+            CKM_ECDH_X_AES_KEY_WRAP,
+        ] {
+            assert_eq!(param_layout(m), ParamLayout::Pointers, "{m:#x}");
+        }
+        assert_eq!(
+            param_layout(CKM_CONCATENATE_BASE_AND_KEY),
+            ParamLayout::Flat
+        );
     }
 }
