@@ -18,7 +18,7 @@ use p11fwd_conf::shell::{ShellSyntax, kill_snippet, start_snippet};
 use tracing::{info, warn};
 
 use crate::daemon::{self, Forked};
-use crate::module::{Module, registry};
+use crate::module::{Module, RawParams, registry};
 use crate::server::{self, Config};
 use crate::state::Shared;
 
@@ -59,9 +59,36 @@ pub struct ServerArgs {
     /// Accepted for compatibility with `p11-kit server`.
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// Vendor-defined mechanisms (ids >= 0x80000000, hex or decimal, comma-separated) whose
+    /// parameters may reach the module as the client's raw bytes. Only for mechanisms whose
+    /// parameter holds no pointers: the module would use a client's addresses. Other raw
+    /// parameters of vendor mechanisms are refused (CKR_MECHANISM_PARAM_INVALID).
+    #[arg(
+        long = "pass-raw-params",
+        value_name = "MECHS",
+        value_delimiter = ',',
+        value_parser = parse_vendor_mechanism
+    )]
+    pub pass_raw_params: Vec<u64>,
     /// The tokens to serve (`pkcs11:` URIs, e.g. `pkcs11:token=mine`; `pkcs11:` is every token).
     #[arg(value_name = "URI")]
     pub uris: Vec<String>,
+}
+
+/// A vendor-defined mechanism id, `0x...` or decimal.
+fn parse_vendor_mechanism(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let id = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not a mechanism id (0x... or decimal)"))?;
+    if !(p11fwd_wire::consts::CKM_VENDOR_DEFINED..=u64::from(u32::MAX)).contains(&id) {
+        return Err(format!(
+            "{s}: only vendor-defined mechanisms (0x80000000 to 0xffffffff) can be named"
+        ));
+    }
+    Ok(id)
 }
 
 fn syntax(args: &ServerArgs) -> ShellSyntax {
@@ -302,6 +329,8 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|g| lookup_id("/etc/group", g))
         .transpose()?;
+    let raw_params = RawParams::new(args.pass_raw_params.clone())
+        .map_err(|m| anyhow::anyhow!("{m:#x} is not a vendor-defined mechanism"))?;
     let config = Config {
         allowed_uids: uid.into_iter().collect(),
         allowed_gids: gid.into_iter().collect(),
@@ -342,7 +371,7 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
                 return Err(e);
             }
         };
-        let shared = Arc::new(Shared::new(modules, uris));
+        let shared = Arc::new(Shared::new(modules, uris, raw_params));
         let r = serve(listener, shared, config, || {
             if !address.is_empty() {
                 print!("{}", start_snippet(syntax, &address, std::process::id()));
@@ -396,7 +425,7 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
                 .open("/dev/null")?;
             rustix::stdio::dup2_stdin(&devnull)?;
             rustix::stdio::dup2_stdout(&devnull)?;
-            let shared = Arc::new(Shared::new(modules, uris));
+            let shared = Arc::new(Shared::new(modules, uris, raw_params));
             let r = serve(listener, shared, config, move || {
                 let _ = ready_w.write_all(b"ok");
                 drop(ready_w);

@@ -209,9 +209,11 @@ impl Cx<'_> {
 
     fn mechanism(&self, s: &SessionEntry, m: &Mechanism) -> Result<NativeMechanism, Rv> {
         let c = self.conn()?;
-        NativeMechanism::new(m, &|v| {
-            Ok(c.object(v, s.token, CKR_KEY_HANDLE_INVALID)?.real)
-        })
+        NativeMechanism::new(
+            m,
+            &|v| Ok(c.object(v, s.token, CKR_KEY_HANDLE_INVALID)?.real),
+            &self.shared.raw_params,
+        )
     }
 
     /// `(CKA_TOKEN, CKA_PRIVATE)` of a real object; unknown values count as token and private.

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::events::SlotEvents;
-use crate::module::Module;
+use crate::module::{Module, RawParams};
 
 /// Virtual slot ids start here, as the stock proxy's do (rpc §7.3).
 pub const FIRST_SLOT: u64 = 0x11;
@@ -99,13 +99,16 @@ pub struct Shared {
     pub(crate) session_objects: Mutex<HashMap<(usize, u64), (u64, u64)>>,
     /// C_WaitForSlotEvent fan-out.
     pub events: Arc<SlotEvents>,
+    /// Which raw mechanism parameters may reach the modules.
+    pub raw_params: RawParams,
     next_conn: AtomicU64,
 }
 
 impl Shared {
     /// State for serving `uris` from `modules`.
-    pub fn new(modules: Vec<Arc<Module>>, uris: Vec<Pkcs11Uri>) -> Self {
+    pub fn new(modules: Vec<Arc<Module>>, uris: Vec<Pkcs11Uri>, raw_params: RawParams) -> Self {
         Self {
+            raw_params,
             events: Arc::new(SlotEvents::new(modules.len())),
             modules,
             uris,

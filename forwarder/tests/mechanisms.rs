@@ -39,6 +39,18 @@ fn sign_verify(c: &Client, s: u64, label: &str, mech: Mechanism, msg: &[u8]) -> 
     sig
 }
 
+/// AES-CBC encryption and decryption of one block (at v0 the IV crosses as raw bytes).
+fn cbc_round_trip(c: &Client, s: u64, aes: u64) {
+    let cbc = Mechanism::with(CKM_AES_CBC, MechParam::Iv(vec![5; 16]));
+    c.encrypt_init(s, Some(cbc.clone()), aes).unwrap();
+    let ct = data(c.encrypt(s, &[7; 16], OutCap::Buffer(64)).unwrap());
+    c.decrypt_init(s, Some(cbc), aes).unwrap();
+    assert_eq!(
+        data(c.decrypt(s, &ct, OutCap::Buffer(64)).unwrap()),
+        vec![7; 16]
+    );
+}
+
 fn pss(hash: u64, mgf: u64, salt: u64) -> MechParam {
     MechParam::RsaPkcsPss {
         hash_alg: hash,
@@ -268,14 +280,7 @@ fn what_v0_can_carry() {
     );
     sign_verify(&c, s, "ec-p256", Mechanism::new(CKM_ECDSA), &[2; 32]);
     let aes = find_one(&c, s, "aes256", CKO_SECRET_KEY);
-    let cbc = Mechanism::with(CKM_AES_CBC, MechParam::Iv(vec![5; 16]));
-    c.encrypt_init(s, Some(cbc.clone()), aes).unwrap();
-    let ct = data(c.encrypt(s, &[7; 16], OutCap::Buffer(64)).unwrap());
-    c.decrypt_init(s, Some(cbc), aes).unwrap();
-    assert_eq!(
-        data(c.decrypt(s, &ct, OutCap::Buffer(64)).unwrap()),
-        vec![7; 16]
-    );
+    cbc_round_trip(&c, s, aes);
     // GCM and ECDH need pointers, which a 0.24 peer cannot carry: refused before sending.
     let gcm = Mechanism::with(
         CKM_AES_GCM,
@@ -351,5 +356,144 @@ fn allowed_mechanisms_and_template_size_queries() {
             .find(|x| x.ty == CKA_KEY_TYPE)
             .and_then(|x| x.as_ulong());
         assert_eq!((class, kt), (Some(CKO_SECRET_KEY), Some(CKK_AES)));
+    }
+}
+
+/// Raw mechanism parameters (the bytes of the client's native structure, which is what a peer
+/// sends when its p11-kit generation has no serializer) reach the module only for mechanisms
+/// whose parameter is known to be flat, with the right size. Everything else gets
+/// CKR_MECHANISM_PARAM_INVALID from us, not from the module (SoftHSM would answer
+/// CKR_MECHANISM_INVALID for the mechanisms it lacks), and the connection goes on.
+#[test]
+fn raw_parameters_reach_the_module_only_when_known_flat() {
+    let token = TestToken::builder()
+        .with(Key::Aes256)
+        .with(Key::EcP256)
+        .build();
+    let fwd = common::start(&token);
+    // What a client's structures with pointers look like: addresses and lengths.
+    let pointers = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                if i % 2 == 0 {
+                    0x0000_7f41_4141_4000u64
+                } else {
+                    16
+                }
+                .to_ne_bytes()
+            })
+            .collect()
+    };
+    let derived = || {
+        vec![
+            Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+            Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
+            Attribute::ulong(CKA_VALUE_LEN, 32),
+            Attribute::bool(CKA_TOKEN, false),
+        ]
+    };
+    for offer in [0, 2] {
+        let (c, s) = logged_in(&fwd, &token, offer);
+        assert_eq!(c.dialect().version(), offer);
+        let aes = find_one(&c, s, "aes256", CKO_SECRET_KEY);
+        let ec = find_one(&c, s, "ec-p256", CKO_PRIVATE_KEY);
+        let raw = |ty, bytes: Vec<u8>| Mechanism::with(ty, MechParam::Raw(bytes));
+        let refused = CKR_MECHANISM_PARAM_INVALID;
+        // CK_CHACHA20_PARAMS: two pointers and two lengths.
+        assert_eq!(
+            rv_of(c.encrypt_init(s, Some(raw(CKM_CHACHA20, pointers(4))), aes)),
+            refused,
+            "v{offer} CHACHA20"
+        );
+        // CK_SSL3_KEY_MAT_PARAMS: pointers to the randoms and to the output structure.
+        assert_eq!(
+            rv_of(c.derive_key(
+                s,
+                raw(CKM_TLS_KEY_AND_MAC_DERIVE, pointers(8)),
+                aes,
+                derived()
+            )),
+            refused,
+            "v{offer} TLS_KEY_AND_MAC_DERIVE"
+        );
+        // A vendor mechanism nobody named on the command line.
+        assert_eq!(
+            rv_of(c.sign_init(s, Some(raw(0x8000_1234, pointers(2))), ec)),
+            refused,
+            "v{offer} vendor"
+        );
+        if offer == 0 {
+            // No 0.24 serializer for GCM or ECDH1: a peer can still send their native
+            // structures (pointers) as bytes; the server refuses them.
+            assert_eq!(
+                rv_of(c.encrypt_init(s, Some(raw(CKM_AES_GCM, pointers(6))), aes)),
+                refused,
+                "v0 raw GCM"
+            );
+            assert_eq!(
+                rv_of(c.derive_key(s, raw(CKM_ECDH1_DERIVE, pointers(5)), ec, derived())),
+                refused,
+                "v0 raw ECDH1"
+            );
+            // A flat parameter of the wrong size (a 15-byte CBC IV) is refused too.
+            assert_eq!(
+                rv_of(c.encrypt_init(s, Some(raw(CKM_AES_CBC, vec![5; 15])), aes)),
+                refused,
+                "v0 short IV"
+            );
+        }
+        // The connection and the module go on: AES-CBC (a raw IV at v0) and ECDSA.
+        cbc_round_trip(&c, s, aes);
+        sign_verify(&c, s, "ec-p256", Mechanism::new(CKM_ECDSA), &[4; 32]);
+    }
+    // And so do other connections.
+    let (c, s) = logged_in(&fwd, &token, 2);
+    sign_verify(&c, s, "ec-p256", Mechanism::new(CKM_ECDSA), &[5; 32]);
+}
+
+/// `--pass-raw-params` names vendor mechanisms whose raw parameters may reach the module; the
+/// others stay refused, and standard mechanisms cannot be named.
+#[test]
+fn named_vendor_mechanisms_pass_raw_parameters() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = common::builder(&token)
+        .args(["--pass-raw-params", "0x80001234,2147488307"])
+        .start();
+    for offer in [0, 2] {
+        let (c, s) = logged_in(&fwd, &token, offer);
+        let ec = find_one(&c, s, "ec-p256", CKO_PRIVATE_KEY);
+        let raw = |ty| Some(Mechanism::with(ty, MechParam::Raw(vec![1, 2, 3])));
+        // Reaches SoftHSM, which does not know it.
+        for named in [0x8000_1234, 0x8000_1233] {
+            assert_eq!(
+                rv_of(c.sign_init(s, raw(named), ec)),
+                CKR_MECHANISM_INVALID,
+                "v{offer} {named:#x}"
+            );
+        }
+        assert_eq!(
+            rv_of(c.sign_init(s, raw(0x8000_1235), ec)),
+            CKR_MECHANISM_PARAM_INVALID
+        );
+        // Naming a vendor mechanism does not open standard ones.
+        assert_eq!(
+            rv_of(c.encrypt_init(s, raw(CKM_CHACHA20), ec)),
+            CKR_MECHANISM_PARAM_INVALID
+        );
+    }
+    for bad in ["0x1226", "0x100000000", "chacha"] {
+        let out = p11fwd_tests::run::run(
+            Command::new(common::bin())
+                .args([
+                    "server",
+                    "-f",
+                    "-n",
+                    "/nonexistent/x.sock",
+                    "--pass-raw-params",
+                ])
+                .args([bad, "pkcs11:"]),
+        );
+        assert!(!out.success(), "{bad}: {out}");
+        assert!(out.stderr.contains("--pass-raw-params"), "{bad}: {out}");
     }
 }

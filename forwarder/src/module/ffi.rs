@@ -23,12 +23,13 @@ use cryptoki_sys::{
     CK_RV, CK_SESSION_INFO, CK_SLOT_INFO, CK_TOKEN_INFO, CK_ULONG, CK_VERSION,
 };
 use p11fwd_wire::consts::*;
-use p11fwd_wire::dialect::{AttrClass, ParamLayout, param_layout};
+use p11fwd_wire::dialect::AttrClass;
 use p11fwd_wire::info::{Info, MechanismInfo, SessionInfo, SlotInfo, TokenInfo};
 use p11fwd_wire::value::Version;
 use p11fwd_wire::value::{AttrSlot, AttrValue, Attribute, ByteArray, MechParam, Mechanism, Value};
 use p11fwd_wire::{Dialect, Rv};
 
+use super::raw_params::{RawKind, RawParams};
 use super::{InOnly, InOut, InitKind, OutBuf, OutOnly};
 
 /// `CK_UNAVAILABLE_INFORMATION`.
@@ -372,29 +373,27 @@ fn opt_bytes(b: &Option<Vec<u8>>) -> Aligned {
 
 impl NativeMechanism {
     /// Build the native form. `translate` maps a virtual object handle inside a parameter (the
-    /// IBM attribute-bound wrap key) to the real one.
+    /// IBM attribute-bound wrap key, `CKM_CONCATENATE_BASE_AND_KEY`'s key) to the real one;
+    /// `raw` says which raw parameters may reach the module at all.
     pub(crate) fn new(
         m: &Mechanism,
         translate: &dyn Fn(u64) -> Result<u64, Rv>,
+        raw: &RawParams,
     ) -> Result<Self, Rv> {
         let invalid = Rv(CKR_MECHANISM_PARAM_INVALID);
         let mut store = match &m.param {
             MechParam::None => ParamStore::None,
-            MechParam::Raw(b) => {
-                // Raw bytes of a structure with pointers would make the module dereference
-                // the peer's addresses.
-                if param_layout(m.ty) == ParamLayout::Pointers {
-                    return Err(invalid);
-                }
-                if m.ty == CKM_CONCATENATE_BASE_AND_KEY {
-                    // The parameter is an object handle: translate it.
+            // Raw bytes of a structure with pointers would make the module dereference the
+            // peer's addresses, and a short one would be read past its end: only known flat
+            // structures of their exact size pass (see `raw_params`).
+            MechParam::Raw(b) => match raw.check(m.ty, b.len())? {
+                RawKind::Handle => {
                     let h = <[u8; 8]>::try_from(b.as_slice()).map_err(|_| invalid)?;
                     let real = translate(u64::from_ne_bytes(h))?;
                     ParamStore::Ulong(Box::new(real as CK_ULONG))
-                } else {
-                    ParamStore::Bytes(Aligned::from_bytes(b))
                 }
-            }
+                RawKind::Bytes => ParamStore::Bytes(Aligned::from_bytes(b)),
+            },
             MechParam::Iv(b) | MechParam::DhPkcsDerive(b) => {
                 ParamStore::Bytes(Aligned::from_bytes(b))
             }

@@ -4,6 +4,7 @@
 //! All `unsafe` lives in [`ffi`]; this module and everything above it is safe code.
 
 pub(crate) mod ffi;
+pub mod raw_params;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use p11fwd_wire::value::ZERO_LENGTH_BUFFER;
 
 pub(crate) use ffi::{Library, NativeMechanism, NativeTemplate, OutTemplate};
+pub use raw_params::RawParams;
 
 /// An output buffer as a client described it in an `fy` (rpc §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
