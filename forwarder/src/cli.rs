@@ -44,10 +44,12 @@ pub struct ServerArgs {
     /// Print C shell commands.
     #[arg(short = 'c', long = "csh")]
     pub csh: bool,
-    /// Also let this user (name or uid) connect; the socket is given to them.
+    /// Only this user (name or uid) may connect, instead of the server's own uid (as with
+    /// `p11-kit server`); the socket is given to them.
     #[arg(short = 'u', long = "user", value_name = "USER")]
     pub user: Option<String>,
-    /// Also let members of this group (name or gid) connect; the socket is given to it.
+    /// Only peers whose primary group is this one (name or gid) may connect (with `-u`: that
+    /// user, with this group); the socket is given to the group, mode 0660.
     #[arg(short = 'g', long = "group", value_name = "GROUP")]
     pub group: Option<String>,
     /// Exit after this many seconds without connections.

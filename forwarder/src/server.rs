@@ -44,9 +44,9 @@ pub struct Config {
     /// Requests of one connection in flight at once; the connection is not read further
     /// until one finishes.
     pub max_in_flight: u32,
-    /// Peer uids allowed besides our own.
+    /// `-u`: the peer's uid must be one of these (see [`Config::peer_allowed`]).
     pub allowed_uids: Vec<u32>,
-    /// Peer gids allowed.
+    /// `-g`: the peer's (primary) gid must be one of these.
     pub allowed_gids: Vec<u32>,
     /// Exit after this long without connections (`-t`).
     pub idle_timeout: Option<Duration>,
@@ -69,6 +69,20 @@ impl Default for Config {
             max_waits: 1024,
             max_waits_per_connection: 8,
         }
+    }
+}
+
+impl Config {
+    /// Whether a peer with SO_PEERCRED `uid`/`gid` may connect to a server running as `me`.
+    /// Without `-u`/`-g` only our own uid. With them, exactly `p11-kit server`'s
+    /// `check_credentials`: the uid must be the `-u` one **and** the gid the `-g` one (each
+    /// only if given), and our own uid is no exception (`-u alice` run by root refuses root).
+    pub fn peer_allowed(&self, uid: u32, gid: u32, me: u32) -> bool {
+        if self.allowed_uids.is_empty() && self.allowed_gids.is_empty() {
+            return uid == me;
+        }
+        (self.allowed_uids.is_empty() || self.allowed_uids.contains(&uid))
+            && (self.allowed_gids.is_empty() || self.allowed_gids.contains(&gid))
     }
 }
 
@@ -241,11 +255,8 @@ impl Listener {
         let Ok(cred) = stream.peer_cred() else {
             return false;
         };
-        let me = rustix::process::geteuid().as_raw();
-        cred.uid() == me
-            || cred.uid() == 0 && me == 0
-            || self.config.allowed_uids.contains(&cred.uid())
-            || self.config.allowed_gids.contains(&cred.gid())
+        self.config
+            .peer_allowed(cred.uid(), cred.gid(), rustix::process::geteuid().as_raw())
     }
 
     /// Accept, retrying with backoff on errors such as EMFILE.
@@ -281,5 +292,37 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn peer_credentials_like_p11_kit_server() {
+        let (me, nobody, nogroup, daemon) = (0, 65534, 65534, 1);
+        let with = |uids: &[u32], gids: &[u32]| Config {
+            allowed_uids: uids.to_vec(),
+            allowed_gids: gids.to_vec(),
+            ..Config::default()
+        };
+        let none = with(&[], &[]);
+        assert!(none.peer_allowed(me, daemon, me));
+        assert!(!none.peer_allowed(nobody, nogroup, me));
+        let u = with(&[nobody], &[]);
+        assert!(u.peer_allowed(nobody, daemon, me));
+        assert!(
+            !u.peer_allowed(me, me, me),
+            "our own uid is not admitted with -u"
+        );
+        let g = with(&[], &[nogroup]);
+        assert!(g.peer_allowed(daemon, nogroup, me));
+        assert!(!g.peer_allowed(me, me, me));
+        let ug = with(&[nobody], &[nogroup]);
+        assert!(ug.peer_allowed(nobody, nogroup, me));
+        assert!(!ug.peer_allowed(nobody, daemon, me));
+        assert!(!ug.peer_allowed(daemon, nogroup, me));
+        assert!(!ug.peer_allowed(me, nogroup, me));
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{FwdExt, find_one, session};
 use p11fwd_tests::run::run;
-use p11fwd_tests::{Key, RunOutput, TestToken};
+use p11fwd_tests::{Key, RunOutput, StockServer, TestToken};
 use p11fwd_wire::Mechanism;
 use p11fwd_wire::client::{OutCap, Output};
 use p11fwd_wire::consts::*;
@@ -111,6 +111,57 @@ fn only_our_uid_connects_unless_u_or_g_say_otherwise() {
     assert!(member.stdout.contains("ec-p256"), "{member}");
     let outsider = list_as(&bin, socket, DAEMON, DAEMON);
     assert!(!outsider.success(), "{outsider}");
+}
+
+/// `-u` and `-g` together, against `p11-kit server` and ours: the peer must be that user *and*
+/// have that primary group (stock's `check_credentials`), and the server's own uid (root here)
+/// is refused too. Both servers admit exactly the same peers.
+#[test]
+fn u_and_g_together_admit_only_that_user_in_that_group_like_stock() {
+    require_root();
+    let (_bin_dir, bin) = public_bin();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let peers = [
+        (NOBODY, NOGROUP),
+        (NOBODY, DAEMON),
+        (DAEMON, NOGROUP),
+        (DAEMON, DAEMON),
+        (0, NOGROUP),
+        (0, 0),
+    ];
+    let admitted = |socket: &Path| -> Vec<bool> {
+        open_dir(socket);
+        // Past the file mode (stock's is 0771 with -g), so that SO_PEERCRED decides.
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        peers
+            .iter()
+            .map(|(uid, gid)| {
+                let out = list_as(&bin, socket, *uid, *gid);
+                assert_eq!(out.success(), out.stdout.contains("ec-p256"), "{out}");
+                out.success()
+            })
+            .collect()
+    };
+    let args = ["-u", "nobody", "-g", "nogroup"];
+    let stock = StockServer::start_args(&token, &token.uri(), &args);
+    let meta = std::fs::metadata(stock.socket_path()).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (NOBODY, NOGROUP));
+    let stock_admits = admitted(stock.socket_path());
+    let fwd = common::builder(&token).args(args).start();
+    let meta = std::fs::metadata(fwd.socket_path()).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid(), meta.gid()),
+        (0o660, NOBODY, NOGROUP)
+    );
+    let ours = admitted(fwd.socket_path());
+    assert_eq!(ours, stock_admits, "peers {peers:?}\n{}", fwd.log());
+    assert_eq!(ours, [true, false, false, false, false, false]);
+    // -u alone: the user with any group, but not the server's own uid.
+    let fwd = common::builder(&token).args(["-u", "nobody"]).start();
+    assert_eq!(
+        admitted(fwd.socket_path()),
+        [true, true, false, false, false, false]
+    );
 }
 
 /// Connect and exchange the version byte; `None` if no answer came within `wait`.

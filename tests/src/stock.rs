@@ -39,6 +39,12 @@ impl StockServer {
     /// `pkcs11:token=p11fwd-test?write-protected=yes`).
     #[track_caller]
     pub fn start_uri(token: &TestToken, uri: &str) -> Self {
+        Self::start_args(token, uri, &[])
+    }
+
+    /// Like [`StockServer::start_uri`], with more options before the URI (`-u`, `-g`, ...).
+    #[track_caller]
+    pub fn start_args(token: &TestToken, uri: &str, args: &[&str]) -> Self {
         let p11kit = require_tool("p11-kit");
         let dir = tempfile::Builder::new()
             .prefix("p11fwd-stock.")
@@ -55,6 +61,7 @@ impl StockServer {
             .arg(token.module_path())
             .arg("-n")
             .arg(&socket)
+            .args(args)
             .arg(uri)
             .stdin(Stdio::null())
             // `-f` still prints the `P11_KIT_SERVER_ADDRESS=...` snippet.
