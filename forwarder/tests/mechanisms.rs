@@ -385,12 +385,10 @@ fn raw_parameters_reach_the_module_only_when_known_flat() {
             .collect()
     };
     let derived = || {
-        vec![
-            Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
-            Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET),
-            Attribute::ulong(CKA_VALUE_LEN, 32),
-            Attribute::bool(CKA_TOKEN, false),
-        ]
+        session_secret(
+            CKK_GENERIC_SECRET,
+            vec![Attribute::ulong(CKA_VALUE_LEN, 32)],
+        )
     };
     for offer in [0, 2] {
         let (c, s) = logged_in(&fwd, &token, offer);
@@ -496,4 +494,181 @@ fn named_vendor_mechanisms_pass_raw_parameters() {
         assert!(!out.success(), "{bad}: {out}");
         assert!(out.stderr.contains("--pass-raw-params"), "{bad}: {out}");
     }
+}
+
+/// The template of a session secret key of `key_type`, plus `extra`.
+fn session_secret(key_type: u64, extra: Vec<Attribute>) -> Vec<Attribute> {
+    let mut t = vec![
+        Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attribute::ulong(CKA_KEY_TYPE, key_type),
+        Attribute::bool(CKA_TOKEN, false),
+    ];
+    t.extend(extra);
+    t
+}
+
+/// A `C_GetAttributeValue` entry: `buflen` 0 is a size query.
+fn slot(ty: u64, buflen: u32, nested: Option<Vec<AttrSlot>>) -> AttrSlot {
+    AttrSlot { ty, buflen, nested }
+}
+
+/// Template attributes from a 0.24 peer (version 0), whose stock server crashes on a template
+/// size query (rpc §0 item 10, §3.2) and whose class table has no `CKA_DERIVE_TEMPLATE`.
+#[test]
+fn templates_at_v0() {
+    let token = TestToken::builder().with(Key::Aes256).build();
+    let size_query = |ty| vec![slot(ty, 0, None)];
+    // Stock 0.24.1: the size query kills the connection's process (a segfault, rpc §3.2),
+    // so the connection closes.
+    let stock = p11fwd_tests::StockServer::start(&token);
+    let c = common::connect(stock.socket_path(), 0);
+    let s = session(&c);
+    c.login(s, CKU_USER, Some(token.user_pin().as_bytes()))
+        .unwrap();
+    let aes = find_one(&c, s, "aes256", CKO_SECRET_KEY);
+    let r = c.get_attribute_value(s, aes, size_query(CKA_WRAP_TEMPLATE));
+    assert!(r.is_err(), "stock answered {r:?}");
+    assert!(c.slots(true).is_err(), "the stock connection survived");
+
+    let fwd = common::start(&token);
+    let (c, s) = logged_in(&fwd, &token, 0);
+    assert_eq!(c.dialect().version(), 0);
+    let aes = find_one(&c, s, "aes256", CKO_SECRET_KEY);
+    // The same size query: two attributes, 48 native bytes, and an empty template.
+    let (a, rv) = c
+        .get_attribute_value(s, aes, size_query(CKA_WRAP_TEMPLATE))
+        .unwrap();
+    assert_eq!(rv.0, CKR_OK);
+    assert_eq!(a[0].native_len(), Some(48));
+    assert_eq!(a[0].value(), Some(&Value::Template(vec![])));
+    // CKA_DERIVE_TEMPLATE is a byte array to a 0.24 peer. Sent as bytes, it would be native
+    // CK_ATTRIBUTEs with the peer's pointers: refused by us with ATTRIBUTE_VALUE_INVALID
+    // (SoftHSM 2.6.1, which lacks the attribute, would answer ATTRIBUTE_TYPE_INVALID: see
+    // `templates_in_calls_at_v2`).
+    let native = [
+        CKA_CLASS.to_ne_bytes(),
+        0x0000_7f41_4141_4000u64.to_ne_bytes(),
+        8u64.to_ne_bytes(),
+    ]
+    .concat();
+    let template = session_secret(
+        CKK_AES,
+        vec![
+            Attribute::ulong(CKA_VALUE_LEN, 32),
+            Attribute::bytes(CKA_DERIVE_TEMPLATE, native),
+        ],
+    );
+    assert_eq!(
+        rv_of(c.generate_key(s, Mechanism::new(CKM_AES_KEY_GEN), template)),
+        CKR_ATTRIBUTE_VALUE_INVALID
+    );
+    // The connection goes on, and the size query works again.
+    cbc_round_trip(&c, s, aes);
+    let (a, _) = c
+        .get_attribute_value(s, aes, size_query(CKA_WRAP_TEMPLATE))
+        .unwrap();
+    assert_eq!(a[0].native_len(), Some(48));
+}
+
+/// Template attributes sent *in* calls at v2 (C_GenerateKey, C_CreateObject) reach the module
+/// as native nested templates: they read back the same, and SoftHSM enforces the wrap template
+/// it was given.
+#[test]
+fn templates_in_calls_at_v2() {
+    let token = TestToken::builder().with(Key::Aes256).build();
+    let fwd = common::start(&token);
+    let (c, s) = logged_in(&fwd, &token, 2);
+    let wrap = vec![
+        Attribute::ulong(CKA_CLASS, CKO_SECRET_KEY),
+        Attribute::ulong(CKA_KEY_TYPE, CKK_AES),
+    ];
+    let unwrap = vec![
+        Attribute::bool(CKA_SENSITIVE, true),
+        Attribute::bool(CKA_EXTRACTABLE, false),
+        Attribute::bool(CKA_TOKEN, false),
+    ];
+    let templates = || {
+        vec![
+            Attribute::new(CKA_WRAP_TEMPLATE, Value::Template(wrap.clone())),
+            Attribute::new(CKA_UNWRAP_TEMPLATE, Value::Template(unwrap.clone())),
+            Attribute::bool(CKA_WRAP, true),
+            Attribute::bool(CKA_UNWRAP, true),
+        ]
+    };
+    let mut gen_template = templates();
+    gen_template.push(Attribute::ulong(CKA_VALUE_LEN, 32));
+    let generated = c
+        .generate_key(
+            s,
+            Mechanism::new(CKM_AES_KEY_GEN),
+            session_secret(CKK_AES, gen_template),
+        )
+        .unwrap();
+    let mut create_template = templates();
+    create_template.push(Attribute::bytes(CKA_VALUE, vec![0x42; 16]));
+    let created = c
+        .create_object(s, session_secret(CKK_AES, create_template))
+        .unwrap();
+    for key in [generated, created] {
+        for (ty, want) in [(CKA_WRAP_TEMPLATE, &wrap), (CKA_UNWRAP_TEMPLATE, &unwrap)] {
+            let (a, rv) = c
+                .get_attribute_value(s, key, vec![slot(ty, 0, None)])
+                .unwrap();
+            assert_eq!(rv.0, CKR_OK);
+            let len = a[0].native_len().unwrap();
+            assert_eq!(len as usize, want.len() * 24, "{ty:#x}");
+            let nested = want
+                .iter()
+                .map(|w| slot(w.ty, w.native_len().unwrap(), None))
+                .collect();
+            let (a, rv) = c
+                .get_attribute_value(s, key, vec![slot(ty, len, Some(nested))])
+                .unwrap();
+            assert_eq!(rv.0, CKR_OK);
+            assert_eq!(
+                a[0].value(),
+                Some(&Value::Template(want.clone())),
+                "{ty:#x}"
+            );
+        }
+    }
+    // The module enforces the wrap template it received: an AES key may be wrapped, a generic
+    // secret may not.
+    let extractable = |ty, value: Vec<u8>| {
+        session_secret(
+            ty,
+            vec![
+                Attribute::bytes(CKA_VALUE, value),
+                Attribute::bool(CKA_EXTRACTABLE, true),
+            ],
+        )
+    };
+    let aes = c
+        .create_object(s, extractable(CKK_AES, vec![1; 16]))
+        .unwrap();
+    let generic = c
+        .create_object(s, extractable(CKK_GENERIC_SECRET, vec![2; 16]))
+        .unwrap();
+    let kw = || Mechanism::new(CKM_AES_KEY_WRAP);
+    for wrapping in [generated, created] {
+        let wrapped = data(
+            c.wrap_key(s, kw(), wrapping, aes, OutCap::Buffer(64))
+                .unwrap(),
+        );
+        assert_eq!(wrapped.len(), 24);
+        assert_eq!(
+            rv_of(c.wrap_key(s, kw(), wrapping, generic, OutCap::Buffer(64))),
+            CKR_KEY_NOT_WRAPPABLE
+        );
+    }
+    // CKA_DERIVE_TEMPLATE crosses as a template too; SoftHSM 2.6.1 does not know the attribute.
+    let mut t = session_secret(CKK_AES, vec![Attribute::ulong(CKA_VALUE_LEN, 32)]);
+    t.push(Attribute::new(
+        CKA_DERIVE_TEMPLATE,
+        Value::Template(vec![Attribute::ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET)]),
+    ));
+    assert_eq!(
+        rv_of(c.generate_key(s, Mechanism::new(CKM_AES_KEY_GEN), t)),
+        CKR_ATTRIBUTE_TYPE_INVALID
+    );
 }
