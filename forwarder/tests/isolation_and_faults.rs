@@ -6,11 +6,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::slow::{Fake, wait_until};
 use common::{Fwd, FwdExt, connect, find, find_one, rv_of, session};
-use p11fwd_tests::{Key, TestToken};
-use p11fwd_wire::client::OutCap;
+use p11fwd_tests::{Key, P11KIT_CLIENT_MODULE, TestToken, require_tool};
+use p11fwd_wire::client::{Client, OutCap};
 use p11fwd_wire::consts::*;
 use p11fwd_wire::value::{Attribute, Mechanism};
 
@@ -204,7 +206,7 @@ fn a_dead_client_leaves_nothing_open() {
 /// Re-initialise the token, which SoftHSM allows only when no session at all is open
 /// (bounded retries while the server finishes cleaning up).
 #[track_caller]
-fn assert_no_module_sessions(c: &p11fwd_wire::client::Client, token: &TestToken) {
+fn assert_no_module_sessions(c: &Client, token: &TestToken) {
     let label = p11fwd_wire::info::padded::<32>(token.label());
     let mut last = None;
     for _ in 0..500 {
@@ -218,6 +220,18 @@ fn assert_no_module_sessions(c: &p11fwd_wire::client::Client, token: &TestToken)
         }
     }
     panic!("sessions still open in the module: {last:?}");
+}
+
+/// SoftHSM refuses C_InitToken while any of its sessions is open: `c` (which has none itself)
+/// proves someone else's are.
+#[track_caller]
+fn assert_module_sessions_open(c: &Client, token: &TestToken, whose: &str) {
+    let label = p11fwd_wire::info::padded::<32>(token.label());
+    assert_eq!(
+        rv_of(c.init_token(0x11, Some(token.so_pin().as_bytes()), &label)),
+        CKR_SESSION_EXISTS,
+        "{whose} sessions must be open"
+    );
 }
 
 fn raw_connect(fwd: &Fwd) -> UnixStream {
@@ -298,7 +312,7 @@ fn garbage_closes_only_that_connection() {
 fn calls_before_initialize_and_after_finalize() {
     let token = TestToken::builder().with(Key::EcP256).build();
     let fwd = common::start(&token);
-    let c = p11fwd_wire::client::Client::connect(fwd.socket_path(), Default::default()).unwrap();
+    let c = Client::connect(fwd.socket_path(), Default::default()).unwrap();
     assert_eq!(rv_of(c.get_info()), CKR_CRYPTOKI_NOT_INITIALIZED);
     c.initialize(None).unwrap();
     c.initialize(None).unwrap();
@@ -359,4 +373,150 @@ fn sixty_four_clients_sign_five_hundred_times_each() {
         .collect();
     let errors: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(errors, 0, "{errors} failed signatures\n{}", fwd.log());
+}
+
+/// The forwarder's log filter with the connection-closed messages (logged once a connection's
+/// cleanup is done).
+const LOG_CLOSES: &str = "info,p11fwd::call=debug,p11fwd_forwarder::conn=debug";
+
+/// Waits until the server has cleaned up after `n` connections in all.
+#[track_caller]
+fn wait_closed(fwd: &Fwd, n: usize) {
+    wait_until(&format!("{n} connections to be cleaned up"), || {
+        fwd.stderr().matches("connection closed conn=").count() >= n
+    });
+}
+
+/// A connection with a session logged in, and its handle of the `ec-p256` private key.
+fn logged_in_with_key(fwd: &Fwd, token: &TestToken) -> (Client, u64, u64) {
+    let c = fwd.client(2);
+    let s = session(&c);
+    c.login(s, CKU_USER, pin(token)).unwrap();
+    let key = find_one(&c, s, "ec-p256", CKO_PRIVATE_KEY);
+    (c, s, key)
+}
+
+fn ecdsa(c: &Client, s: u64, key: u64) -> Vec<u8> {
+    c.sign_init(s, Some(Mechanism::new(CKM_ECDSA)), key)
+        .unwrap();
+    c.sign(s, &[7; 32], OutCap::Buffer(128))
+        .unwrap()
+        .into_data(p11fwd_wire::CallId::Sign)
+        .unwrap()
+}
+
+#[test]
+fn a_disconnect_leaves_other_logins_alone() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = common::builder(&token).log_filter(Some(LOG_CLOSES)).start();
+    let (a, sa, key_a) = logged_in_with_key(&fwd, &token);
+    let (b, sb, key_b) = logged_in_with_key(&fwd, &token);
+    a.sign_init(sa, Some(Mechanism::new(CKM_ECDSA)), key_a)
+        .unwrap();
+    // A goes away logged in, mid-operation.
+    a.connection().close();
+    drop(a);
+    wait_closed(&fwd, 1);
+    // B is still logged in and signs with the handle it had.
+    assert_eq!(b.get_session_info(sb).unwrap().state, CKS_RW_USER_FUNCTIONS);
+    assert_eq!(ecdsa(&b, sb, key_b).len(), 64);
+    assert_eq!(find(&b, sb, "ec-p256", CKO_PRIVATE_KEY), [key_b]);
+}
+
+#[test]
+fn a_logout_ends_private_handles_while_another_connection_keeps_the_login() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = common::start(&token);
+    let (a, sa, key_a) = logged_in_with_key(&fwd, &token);
+    let (b, sb, key_b) = logged_in_with_key(&fwd, &token);
+    let pub_a = find_one(&a, sa, "ec-p256", CKO_PUBLIC_KEY);
+    a.logout(sa).unwrap();
+    // The module stays logged in for B, but A's private handle is dead for A ...
+    assert_eq!(
+        rv_of(a.sign_init(sa, Some(Mechanism::new(CKM_ECDSA)), key_a)),
+        CKR_KEY_HANDLE_INVALID
+    );
+    assert_eq!(
+        rv_of(a.get_attribute_value(sa, key_a, vec![])),
+        CKR_OBJECT_HANDLE_INVALID
+    );
+    assert!(find(&a, sa, "ec-p256", CKO_PRIVATE_KEY).is_empty());
+    // ... its public one is not ...
+    assert_eq!(find(&a, sa, "ec-p256", CKO_PUBLIC_KEY), [pub_a]);
+    // ... and B still signs.
+    assert_eq!(b.get_session_info(sb).unwrap().state, CKS_RW_USER_FUNCTIONS);
+    assert_eq!(ecdsa(&b, sb, key_b).len(), 64);
+    // A logs in again (admitted by the PIN check, the module is logged in) and signs.
+    a.login(sa, CKU_USER, pin(&token)).unwrap();
+    let key_a = find_one(&a, sa, "ec-p256", CKO_PRIVATE_KEY);
+    assert_eq!(ecdsa(&a, sa, key_a).len(), 64);
+}
+
+/// A connection that goes away while one of its calls is held inside the module (the fake
+/// module of `common::slow`) keeps its sessions until the call returns, then closes them all.
+#[test]
+fn a_disconnect_during_a_call_in_the_module_closes_everything_once_it_returns() {
+    let fake = Fake::build();
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = fake.serve(&token);
+    let victim = std::sync::Arc::new(fwd.client(2));
+    let s1 = session(&victim);
+    let _s2 = session(&victim);
+    victim.login(s1, CKU_USER, pin(&token)).unwrap();
+    let held = {
+        let victim = victim.clone();
+        std::thread::spawn(move || victim.generate_random(s1, OutCap::Buffer(13)))
+    };
+    wait_until("the held call", || fake.in_random());
+    victim.connection().close();
+    let watcher = fwd.client(2);
+    // The call is still inside the module: its connection's sessions are still open.
+    assert_module_sessions_open(&watcher, &token, "the closed connection's");
+    fake.release();
+    assert!(
+        held.join().unwrap().is_err(),
+        "a reply on a closed connection"
+    );
+    assert_no_module_sessions(&watcher, &token);
+}
+
+/// A real process driving stock `p11-kit-client.so` (pkcs11-tool, logged in and waiting for the
+/// data to sign on its stdin) is killed with SIGKILL: its sessions are closed.
+#[test]
+fn a_killed_stock_client_process_leaves_nothing_open() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let fwd = common::builder(&token).log_filter(Some(LOG_CLOSES)).start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(require_tool("pkcs11-tool"))
+        .args(["--module", P11KIT_CLIENT_MODULE, "--login", "--pin"])
+        .arg(token.user_pin())
+        .args([
+            "--sign",
+            "-m",
+            "ECDSA",
+            "--id",
+            "03",
+            "-i",
+            "/dev/stdin",
+            "-o",
+        ])
+        .arg(dir.path().join("sig"))
+        .env("P11_KIT_SERVER_ADDRESS", fwd.address())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Logged in and the key found: pkcs11-tool now reads its input, which never comes.
+    wait_until("pkcs11-tool to find its key", || {
+        let log = fwd.stderr();
+        log.find("call=\"C_Login\" session=Some(17) rv=CKR_OK")
+            .is_some_and(|at| log[at..].contains("call=\"C_FindObjectsFinal\""))
+    });
+    let watcher = fwd.client(2);
+    assert_module_sessions_open(&watcher, &token, "pkcs11-tool's");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_closed(&fwd, 1);
+    assert_no_module_sessions(&watcher, &token);
 }

@@ -3,7 +3,7 @@
 //! watcher hands them to the pool), the in-flight cap, a PIN-pad login, barriers and shutdown
 //! with a call running, many threads sharing one connection, and frames in any chunking.
 //!
-//! The slow calls come from `tests/fixtures/fake-slow.c`, a module built here with `cc` that is
+//! The slow calls come from `tests/fixtures/fake-slow.c` (`common::slow`), a module built here with `cc` that is
 //! SoftHSM with C_GenerateRandom of 13 bytes held until the test creates `release`, and
 //! C_Login without a PIN (a PIN pad) held until the test writes the PIN to `pin`.
 #![allow(clippy::unwrap_used)]
@@ -12,87 +12,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::slow::{Fake, wait_until};
 use common::{Fwd, FwdExt, find_one, session};
-use p11fwd_tests::{Key, TestToken, require_tool, run_ok};
+use p11fwd_tests::{Key, TestToken};
 use p11fwd_wire::client::{OutCap, Output, req};
 use p11fwd_wire::consts::*;
 use p11fwd_wire::frame::{self, Limits};
 use p11fwd_wire::{Arg, ByteArray, CallId, Dialect, Mechanism, Reply, Request};
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
-
-/// The fake module and its directory.
-struct Fake {
-    dir: TempDir,
-    module: PathBuf,
-}
-
-impl Fake {
-    fn build() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("p11fwd-slow.")
-            .tempdir()
-            .unwrap();
-        let module = dir.path().join("libfake-slow.so");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-slow.c");
-        run_ok(
-            Command::new(require_tool("cc"))
-                .args(["-Wall", "-shared", "-fPIC", "-o"])
-                .arg(&module)
-                .arg(source)
-                .arg("-ldl"),
-        );
-        std::fs::create_dir(dir.path().join("files")).unwrap();
-        Self { dir, module }
-    }
-
-    fn files(&self) -> PathBuf {
-        self.dir.path().join("files")
-    }
-
-    fn serve(&self, token: &TestToken) -> Fwd {
-        common::builder(token)
-            .provider(&self.module)
-            .env("P11FWD_FAKE_SLOW", self.files())
-            .start()
-    }
-
-    /// Whether a held C_GenerateRandom is inside the module.
-    fn in_random(&self) -> bool {
-        self.files().join("in-random").exists()
-    }
-
-    /// Let one held C_GenerateRandom go.
-    fn release(&self) {
-        let release = self.files().join("release");
-        wait_until("the previous release to be taken", || !release.exists());
-        std::fs::write(release, "").unwrap();
-    }
-
-    fn in_login(&self) -> bool {
-        self.files().join("in-login").exists()
-    }
-
-    /// Type the PIN on the "PIN pad".
-    fn type_pin(&self, pin: &str) {
-        let tmp = self.files().join("pin.new");
-        std::fs::write(&tmp, pin).unwrap();
-        std::fs::rename(tmp, self.files().join("pin")).unwrap();
-    }
-}
-
-#[track_caller]
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// A connection driven frame by frame, for requests left pending and replies out of order.
 struct Raw {

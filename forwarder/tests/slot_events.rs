@@ -11,52 +11,31 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::slow::{FakeModule, wait_until};
 use common::{Fwd, FwdExt, find_one, rv_of, session};
-use p11fwd_tests::{Key, TestToken, require_tool, run_ok};
+use p11fwd_tests::{Key, TestToken};
 use p11fwd_wire::client::{OutCap, Output, req};
 use p11fwd_wire::consts::*;
 use p11fwd_wire::frame::{self, Limits};
 use p11fwd_wire::{CallId, Dialect, Mechanism, Reply, Request};
-use tempfile::TempDir;
 
-/// The fake module and its event directory.
-struct Fake {
-    dir: TempDir,
-    module: PathBuf,
-}
+/// The fake module (`fake-events.c`) and its event directory.
+struct Fake(FakeModule);
 
 impl Fake {
     fn build() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("p11fwd-events.")
-            .tempdir()
-            .unwrap();
-        let module = dir.path().join("libfake-events.so");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-events.c");
-        run_ok(
-            Command::new(require_tool("cc"))
-                .args(["-Wall", "-shared", "-fPIC", "-o"])
-                .arg(&module)
-                .arg(source)
-                .arg("-ldl"),
-        );
-        std::fs::create_dir(dir.path().join("events")).unwrap();
-        Self { dir, module }
+        Self(FakeModule::build("fake-events", "P11FWD_FAKE_EVENTS"))
     }
 
     fn events(&self) -> PathBuf {
-        self.dir.path().join("events")
+        self.0.files()
     }
 
     fn serve(&self, token: &TestToken) -> Fwd {
-        common::builder(token)
-            .provider(&self.module)
-            .env("P11FWD_FAKE_EVENTS", self.events())
-            .start()
+        self.0.serve(token)
     }
 
     /// Raise an event ("token" or "other") once the previous one was taken.
@@ -82,15 +61,6 @@ impl Fake {
         std::fs::read_to_string(self.events().join("waits"))
             .map(|s| s.lines().count())
             .unwrap_or(0)
-    }
-}
-
-#[track_caller]
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -3,6 +3,8 @@
 //! wire clients for it.
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
+pub mod slow;
+
 use std::path::Path;
 use std::time::Duration;
 
