@@ -226,6 +226,22 @@ fn bind(args: &ServerArgs, uid: Option<u32>, gid: Option<u32>) -> Result<Socket>
     })
 }
 
+/// The address of a socket passed by systemd, from its own name (getsockname). A socket
+/// without a path (unnamed, or in the abstract namespace) cannot be named in the snippet, which
+/// p11-kit clients read as `unix:path=`: refused.
+fn activated_address(listener: &StdListener) -> Result<String> {
+    let local = listener
+        .local_addr()
+        .context("getsockname on the socket passed by systemd")?;
+    match local.as_pathname() {
+        Some(path) => Ok(format_unix_address(path)),
+        None => bail!(
+            "the socket passed by systemd (LISTEN_FDS) has no path, so the snippet cannot name \
+             it: give its address with -n"
+        ),
+    }
+}
+
 /// SIGTERM or SIGINT. The handlers are installed when this is called (inside the runtime), not
 /// when the future is first polled, so that the caller can announce readiness after it.
 fn signals() -> Result<impl Future<Output = ()>> {
@@ -354,7 +370,8 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
             ServerAddress::Unix(p) => format_unix_address(&p),
             other => format!("{other}"),
         },
-        (None, None) => String::new(),
+        // Socket activation without -n: the snippet names the socket systemd passed.
+        (None, None) => activated_address(&listener)?,
     };
     let remove = |cleanup: &Option<(PathBuf, Option<PathBuf>)>| {
         if let Some((path, dir)) = cleanup {
@@ -375,10 +392,8 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
         };
         let shared = Arc::new(Shared::new(modules, uris, raw_params));
         let r = serve(listener, shared, config, || {
-            if !address.is_empty() {
-                print!("{}", start_snippet(syntax, &address, std::process::id()));
-                std::io::stdout().flush()?;
-            }
+            print!("{}", start_snippet(syntax, &address, std::process::id()));
+            std::io::stdout().flush()?;
             Ok(())
         });
         remove(&cleanup);

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::linux::net::SocketAddrExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -193,28 +194,42 @@ fn sigint_removes_the_socket_and_t_exits_when_idle() {
     assert!(!fwd.socket_path().exists());
 }
 
-/// `p11fwd server` under a shell that moves the listening socket (given as stdin) to fd 3 and
-/// sets `LISTEN_PID` to its own pid before exec'ing the server, as systemd does.
+/// `p11fwd server ARGS --provider <softhsm> <uri>` under a shell that moves `fd` (given as
+/// stdin) to fd 3 and sets `LISTEN_PID` to its own pid before exec'ing the server, as systemd
+/// does.
+fn under_systemd(
+    token: &TestToken,
+    fd: impl Into<std::os::fd::OwnedFd>,
+    listen_fds: &str,
+    args: &[&str],
+) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS={listen_fds} exec \"$0\" \"$@\""
+        ))
+        .arg(common::bin())
+        .envs(token.env())
+        .arg("server")
+        .args(args)
+        .arg("--provider")
+        .arg(token.module_path())
+        .arg(token.uri())
+        .stdin(std::process::Stdio::from(fd.into()));
+    cmd
+}
+
+/// `p11fwd server -f` socket-activated (see [`under_systemd`]), with its output piped.
 fn socket_activated(
     token: &TestToken,
     listener: std::os::unix::net::UnixListener,
     listen_fds: &str,
     extra: &[&str],
 ) -> std::process::Child {
-    let fd = std::os::fd::OwnedFd::from(listener);
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!(
-            "exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS={listen_fds} exec \"$0\" \"$@\""
-        ))
-        .arg(common::bin())
-        .envs(token.env())
+    let mut args = vec!["-f"];
+    args.extend(extra);
+    under_systemd(token, listener, listen_fds, &args)
         .env("P11FWD_LOG", "info")
-        .args(["server", "-f", "--provider"])
-        .arg(token.module_path())
-        .args(extra)
-        .arg(token.uri())
-        .stdin(std::process::Stdio::from(fd))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -269,18 +284,7 @@ fn systemd_socket_activation_uses_the_passed_socket() {
         "{out:?}"
     );
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let fd = std::os::fd::OwnedFd::from(a);
-    let out = Command::new("/bin/sh")
-        .arg("-c")
-        .arg("exec 3<&0 </dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
-        .arg(common::bin())
-        .envs(token.env())
-        .args(["server", "-f", "--provider"])
-        .arg(token.module_path())
-        .arg(token.uri())
-        .stdin(std::process::Stdio::from(fd))
-        .output()
-        .unwrap();
+    let out = under_systemd(&token, a, "1", &["-f"]).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("listening Unix stream socket"),
@@ -334,4 +338,125 @@ fn registered_modules_without_provider_but_never_client_modules() {
             "{name} not refused:\n{log}"
         );
     }
+}
+
+/// The daemon's snippet as users take it: `eval "$(p11fwd server -s ...)"` in a shell, the stock
+/// client through the exported address, then `eval "$(p11fwd server -k)"`.
+#[test]
+fn the_snippet_evaluated_by_a_shell() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let runtime = tempfile::tempdir().unwrap();
+    let script = r#"set -e
+eval "$("$P11FWD" server -s --provider "$MODULE" "$URI")"
+echo "pid=$P11_KIT_SERVER_PID"
+echo "address=$P11_KIT_SERVER_ADDRESS"
+pkcs11-tool --module "$CLIENT" -L
+eval "$("$P11FWD" server -k)"
+echo "after=${P11_KIT_SERVER_PID-unset},${P11_KIT_SERVER_ADDRESS-unset}"
+"#;
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(["-c", script])
+            .envs(token.env())
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .env("SHELL", "/bin/sh")
+            .env("P11FWD", common::bin())
+            .env("MODULE", token.module_path())
+            .env("URI", token.uri())
+            .env("CLIENT", P11KIT_CLIENT_MODULE)
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env_remove("P11_KIT_SERVER_ADDRESS")
+            .env_remove("P11_KIT_SERVER_PID"),
+    );
+    let line = |key: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+            .to_owned()
+    };
+    assert!(out.stdout.contains(token.label()), "{out}");
+    assert_eq!(line("after="), "unset,unset", "{out}");
+    let address = line("address=");
+    let socket = std::path::PathBuf::from(address.strip_prefix("unix:path=").unwrap());
+    assert!(socket.starts_with(runtime.path().join("p11-kit")), "{out}");
+    // The server stopped, and took its socket and directory with it.
+    let pid: i32 = line("pid=").parse().unwrap();
+    wait_exited(pid);
+    wait_gone(&socket);
+    wait_gone(&runtime.path().join("p11-kit"));
+}
+
+/// Waits (≤ 3 s) until process `pid` is gone (or a zombie nobody reaped yet).
+#[track_caller]
+fn wait_exited(pid: i32) {
+    let stat = format!("/proc/{pid}/stat");
+    for _ in 0..300 {
+        match std::fs::read_to_string(&stat) {
+            Err(_) => return,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    panic!("process {pid} still running");
+}
+
+/// Socket activation in daemon mode without `-n`: the snippet names the socket systemd passed
+/// (getsockname), not an empty address.
+#[test]
+fn socket_activation_in_daemon_mode_names_the_passed_socket() {
+    let token = TestToken::builder().with(Key::EcP256).build();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("activated daemon.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let out = under_systemd(&token, listener, "1", &["-s"])
+        .stderr(log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let address = snippet_value(&stdout, "P11_KIT_SERVER_ADDRESS");
+    assert_eq!(
+        address,
+        format!(
+            "unix:path={}",
+            p11fwd_tests::percent_encode(&path.to_string_lossy())
+        )
+    );
+    let l = P11Env::new(&address).run_ok(Command::new(require_tool("pkcs11-tool")).args([
+        "--module",
+        P11KIT_CLIENT_MODULE,
+        "-L",
+    ]));
+    assert!(l.stdout.contains(token.label()), "{l}");
+    let pid = snippet_value(&stdout, "P11_KIT_SERVER_PID");
+    run_ok(
+        Command::new(common::bin())
+            .args(["server", "-k", "-s"])
+            .env("P11_KIT_SERVER_PID", &pid),
+    );
+    wait_exited(pid.parse().unwrap());
+    assert!(path.exists(), "the activated socket belongs to systemd");
+
+    // A socket without a path (abstract) cannot be named: refused, with what to do.
+    let name = format!("p11fwd-test-{}", std::process::id());
+    let unnamed = std::os::unix::net::UnixListener::bind_addr(
+        &std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap(),
+    )
+    .unwrap();
+    let out = under_systemd(&token, unnamed, "1", &["-s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give its address with -n"),
+        "{out:?}"
+    );
 }
