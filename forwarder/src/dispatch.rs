@@ -242,7 +242,7 @@ impl Cx<'_> {
         }
         let mut c = self.conn()?;
         if !token_obj {
-            lock(&self.shared.session_objects)?.insert((s.token.module, real), (c.id, s.real));
+            lock(&self.shared.session_objects)?.insert((s.token, real), (c.id, s.real));
         }
         c.add_object(ObjEntry {
             token: s.token,
@@ -271,7 +271,7 @@ impl Cx<'_> {
         }
         let mut session = None;
         if !token_obj {
-            match lock(&self.shared.session_objects)?.get(&(s.token.module, real)) {
+            match lock(&self.shared.session_objects)?.get(&(s.token, real)) {
                 Some((owner, sess)) if *owner == c.id => session = Some(*sess),
                 _ => return Ok(None),
             }
@@ -303,7 +303,8 @@ impl Cx<'_> {
         c.forget_session_objects(s.token, s.real);
         let id = c.id;
         drop(c);
-        lock(&self.shared.session_objects)?.retain(|_, v| *v != (id, s.real));
+        lock(&self.shared.session_objects)?
+            .retain(|(token, _), v| *token != s.token || *v != (id, s.real));
         r
     }
 
@@ -665,7 +666,7 @@ impl Cx<'_> {
                 let obj = self.object(&s, v, CKR_OBJECT_HANDLE_INVALID)?;
                 self.lib(s.token)?.destroy_object(s.real, obj)?;
                 self.conn()?.remove_object(v);
-                lock(&self.shared.session_objects)?.remove(&(s.token.module, obj));
+                lock(&self.shared.session_objects)?.remove(&(s.token, obj));
                 Ok(vec![])
             }
             CallId::GetObjectSize => {

@@ -95,8 +95,9 @@ pub struct Shared {
     /// The token URIs we serve.
     pub uris: Vec<Pkcs11Uri>,
     logins: Mutex<HashMap<TokenKey, Arc<Mutex<TokenLogin>>>>,
-    /// Session objects (CKA_TOKEN=false): (module, real handle) → (connection, real session).
-    pub(crate) session_objects: Mutex<HashMap<(usize, u64), (u64, u64)>>,
+    /// Session objects (CKA_TOKEN=false): (token, real handle) → (connection, real session).
+    /// Keyed by token, not module: object handles are only unique per token in some modules.
+    pub(crate) session_objects: Mutex<HashMap<(TokenKey, u64), (u64, u64)>>,
     /// C_WaitForSlotEvent fan-out.
     pub events: Arc<SlotEvents>,
     /// Which raw mechanism parameters may reach the modules.
@@ -210,7 +211,9 @@ pub(crate) struct Conn {
     pub(crate) sessions: HashMap<u64, SessionEntry>,
     next_session: u64,
     objects: HashMap<u64, ObjEntry>,
-    reverse: HashMap<(usize, u64), u64>,
+    /// (token, real handle) → virtual handle. By token: two tokens of one module may use the
+    /// same real handle for different objects.
+    reverse: HashMap<(TokenKey, u64), u64>,
     next_object: u64,
     /// Tokens this connection is logged in to, with the user type.
     pub(crate) logged_in: HashMap<TokenKey, u64>,
@@ -280,12 +283,12 @@ impl Conn {
 
     /// The virtual handle of a real object already known.
     pub(crate) fn known(&self, token: TokenKey, real: u64) -> Option<u64> {
-        self.reverse.get(&(token.module, real)).copied()
+        self.reverse.get(&(token, real)).copied()
     }
 
     /// Record an object; returns its (stable) virtual handle.
     pub(crate) fn add_object(&mut self, e: ObjEntry) -> Result<u64, Rv> {
-        if let Some(v) = self.reverse.get(&(e.token.module, e.real)) {
+        if let Some(v) = self.reverse.get(&(e.token, e.real)) {
             self.objects.insert(*v, e);
             return Ok(*v);
         }
@@ -298,14 +301,14 @@ impl Conn {
         }
         self.next_object = h.wrapping_add(1);
         self.objects.insert(h, e);
-        self.reverse.insert((e.token.module, e.real), h);
+        self.reverse.insert((e.token, e.real), h);
         Ok(h)
     }
 
     /// Forget virtual object `v`.
     pub(crate) fn remove_object(&mut self, v: u64) {
         if let Some(e) = self.objects.remove(&v) {
-            self.reverse.remove(&(e.token.module, e.real));
+            self.reverse.remove(&(e.token, e.real));
         }
     }
 
@@ -368,5 +371,26 @@ mod tests {
         assert!(c.object(v + 1, t, CKR_KEY_HANDLE_INVALID).is_err());
         c.remove_object(v);
         assert!(c.object(v, t, CKR_OBJECT_HANDLE_INVALID).is_err());
+    }
+
+    #[test]
+    fn the_same_real_handle_on_two_tokens_is_two_objects() {
+        let a = TokenKey { module: 0, slot: 1 };
+        let b = TokenKey { module: 0, slot: 2 };
+        let mut c = Conn::new(1, Dialect::V2);
+        let entry = |token| ObjEntry {
+            token,
+            real: 7,
+            private: false,
+            session: None,
+        };
+        let va = c.add_object(entry(a)).unwrap();
+        let vb = c.add_object(entry(b)).unwrap();
+        assert_ne!(va, vb);
+        assert_eq!((c.known(a, 7), c.known(b, 7)), (Some(va), Some(vb)));
+        assert_eq!(c.object(va, a, CKR_OBJECT_HANDLE_INVALID).unwrap().token, a);
+        assert_eq!(c.object(vb, b, CKR_OBJECT_HANDLE_INVALID).unwrap().token, b);
+        c.remove_object(va);
+        assert_eq!((c.known(a, 7), c.known(b, 7)), (None, Some(vb)));
     }
 }

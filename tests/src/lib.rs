@@ -37,7 +37,10 @@ pub use p11env::P11Env;
 pub use run::{RunOutput, require_tool, run_fail, run_ok};
 pub use sshd::Sshd;
 pub use stock::StockServer;
-pub use token::{DEFAULT_LABEL, Key, Profile, SO_PIN, TestToken, TestTokenBuilder, USER_PIN};
+pub use token::{
+    DEFAULT_LABEL, Key, Profile, SECOND_KEY, SECOND_LABEL, SECOND_PIN, SO_PIN, TestToken,
+    TestTokenBuilder, USER_PIN,
+};
 
 /// The SoftHSM module Debian installs (`softhsm2`).
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

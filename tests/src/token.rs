@@ -25,6 +25,12 @@ pub const DEFAULT_LABEL: &str = "p11fwd-test";
 pub const SO_PIN: &str = "12345678";
 /// The user PIN of every test token (a throwaway test value).
 pub const USER_PIN: &str = "123456";
+/// The label of the token [`TestToken::add_second_token`] adds.
+pub const SECOND_LABEL: &str = "second";
+/// Its user PIN.
+pub const SECOND_PIN: &str = "654321";
+/// The label of its EC key pair.
+pub const SECOND_KEY: &str = "ec-second";
 
 /// The objects a [`TestToken`] can hold. Each is a key (pair) with `CKA_LABEL` = [`Key::label`]
 /// and `CKA_ID` = [`Key::id`]; some also have a certificate with the same label and id.
@@ -642,15 +648,56 @@ impl TestToken {
     /// If pkcs11-tool is missing or fails.
     #[track_caller]
     pub fn generate_key_pair(&self, label: &str, id: &str, key_type: &str, extra: &[&str]) {
+        self.generate_key_pair_on(&self.label, self.user_pin(), label, id, key_type, extra);
+    }
+
+    #[track_caller]
+    fn generate_key_pair_on(
+        &self,
+        token: &str,
+        pin: &str,
+        label: &str,
+        id: &str,
+        key_type: &str,
+        extra: &[&str],
+    ) {
         run_ok(
             self.command(require_tool("pkcs11-tool"))
                 .arg("--module")
                 .arg(&self.module)
-                .args(["--token-label", &self.label, "--login", "--pin"])
-                .arg(self.user_pin())
+                .args(["--token-label", token, "--login", "--pin", pin])
                 .args(["--keypairgen", "--key-type", key_type, "--label", label])
                 .args(["--id", id])
                 .args(extra),
+        );
+    }
+
+    /// Initialises a second token in this token's SoftHSM (its free slot): label
+    /// [`SECOND_LABEL`], user PIN [`SECOND_PIN`], our SO PIN, and the EC P-256 signing key pair
+    /// [`SECOND_KEY`] (id 21). Two tokens behind one module.
+    ///
+    /// # Panics
+    /// If softhsm2-util or pkcs11-tool is missing or fails.
+    #[track_caller]
+    pub fn add_second_token(&self) {
+        run_ok(self.command(require_tool("softhsm2-util")).args([
+            "--init-token",
+            "--free",
+            "--label",
+            SECOND_LABEL,
+            "--pin",
+            SECOND_PIN,
+            "--so-pin",
+            self.so_pin(),
+        ]));
+        let usage = ["--usage-sign"];
+        self.generate_key_pair_on(
+            SECOND_LABEL,
+            SECOND_PIN,
+            SECOND_KEY,
+            "21",
+            "EC:prime256v1",
+            &usage,
         );
     }
 }

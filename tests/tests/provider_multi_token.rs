@@ -8,35 +8,16 @@
 
 mod provider_common;
 
-use p11fwd_tests::run::{run, run_ok};
-use p11fwd_tests::{Key, TestToken, artifacts, require_tool};
+use p11fwd_tests::run::run;
+use p11fwd_tests::{Key, SECOND_LABEL, SECOND_PIN, TestToken, artifacts, require_tool};
 use provider_common::{Env, KINDS, s};
 
-const SECOND: &str = "second";
-const SECOND_PIN: &str = "654321";
+const SECOND: &str = SECOND_LABEL;
 
-/// The fixture's token plus a second one in the same SoftHSM, with an EC key `ec-second`.
+/// The fixture's token plus the second one (`ec-second`, its own PIN) in the same SoftHSM.
 fn two_tokens() -> TestToken {
     let token = TestToken::builder().with(Key::EcP256).build();
-    run_ok(token.command(require_tool("softhsm2-util")).args([
-        "--init-token",
-        "--free",
-        "--label",
-        SECOND,
-        "--pin",
-        SECOND_PIN,
-        "--so-pin",
-        token.so_pin(),
-    ]));
-    run_ok(
-        token
-            .command(require_tool("pkcs11-tool"))
-            .arg("--module")
-            .arg(token.module_path())
-            .args(["--token-label", SECOND, "--login", "--pin", SECOND_PIN])
-            .args(["--keypairgen", "--key-type", "EC:prime256v1"])
-            .args(["--label", "ec-second", "--id", "21", "--usage-sign"]),
-    );
+    token.add_second_token();
     token
 }
 

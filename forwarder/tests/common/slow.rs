@@ -1,11 +1,12 @@
 //! Fake modules: SoftHSM with some functions replaced, built from `tests/fixtures/*.c` with `cc`
-//! and driven through files the test writes; [`Fake`] is `fake-slow.c`.
+//! and driven through files the test writes (`fake-events.c`, `fake-handles.c`); [`Fake`] is
+//! `fake-slow.c`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use p11fwd_tests::{TestToken, require_tool, run_ok};
+use p11fwd_tests::{ForwarderServerBuilder, TestToken, require_tool, run_ok};
 use tempfile::TempDir;
 
 use super::Fwd;
@@ -43,12 +44,16 @@ impl FakeModule {
         self.dir.path().join("files")
     }
 
-    /// `p11fwd server` serving `token` through this module.
-    pub fn serve(&self, token: &TestToken) -> Fwd {
+    /// A `p11fwd server` builder for `token`'s SoftHSM through this module.
+    pub fn builder(&self, token: &TestToken) -> ForwarderServerBuilder {
         super::builder(token)
             .provider(&self.module)
             .env(self.env, self.files())
-            .start()
+    }
+
+    /// `p11fwd server` serving `token` through this module.
+    pub fn serve(&self, token: &TestToken) -> Fwd {
+        self.builder(token).start()
     }
 }
 
