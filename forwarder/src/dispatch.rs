@@ -332,6 +332,11 @@ impl Cx<'_> {
     ) -> Result<(), Rv> {
         let s = self.session(vs)?;
         let lib = self.lib(s.token)?;
+        if login_user && !lib.has_login_user() {
+            // A 2.40 module: say so before any of our login bookkeeping answers (stock's proxy
+            // does the same), and never admit a C_LoginUser the module cannot check.
+            return Err(Rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
         let module_login = |pin: Option<&[u8]>| {
             if login_user {
                 lib.login_user(s.real, user, pin, name)

@@ -928,6 +928,11 @@ impl Library {
         rv(unsafe { f(session as CK_ULONG, user as CK_ULONG, p, n) })
     }
 
+    /// Whether the module has `C_LoginUser` (a 3.x function list).
+    pub(crate) fn has_login_user(&self) -> bool {
+        self.list3().is_some_and(|l| l.C_LoginUser.is_some())
+    }
+
     /// `C_LoginUser` (3.0).
     pub(crate) fn login_user(
         &self,
