@@ -20,7 +20,7 @@ use std::process::Command;
 use std::ptr;
 use std::time::Duration;
 
-use common::{Kind, Lib, Server, arg, lock, mech, mech_with, openssl, set_env};
+use common::{Kind, Lib, Server, arg, input, lock, mech, mech_with, openssl, output, set_env};
 use cryptoki_sys::*;
 use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{Key, TestToken, artifacts, require_tool};
@@ -80,26 +80,8 @@ fn sign_raw(
     data: &[u8],
     cap: Option<usize>,
 ) -> (CK_RV, u64, Vec<u8>) {
-    let mut sig = vec![0u8; cap.unwrap_or(0)];
-    let mut len = cap.unwrap_or(0) as CK_ULONG;
-    let buf = if cap.is_some() {
-        sig.as_mut_ptr()
-    } else {
-        ptr::null_mut()
-    };
-    let rv = call!(
-        lib,
-        C_Sign,
-        h,
-        data.as_ptr().cast_mut(),
-        data.len() as CK_ULONG,
-        buf,
-        &mut len
-    );
-    if rv == CKR_OK && cap.is_some() {
-        sig.truncate(len as usize);
-    }
-    (rv, len, sig)
+    let (d, dl) = input(data);
+    output(cap, |o, l| call!(lib, C_Sign, h, d, dl, o, l))
 }
 
 fn verify_ecdsa(token: &TestToken, digest: &[u8], raw: &[u8]) {

@@ -204,6 +204,23 @@ fn ck(rv: CK_RV) -> Ck<()> {
     if rv == CKR_OK { Ok(()) } else { Err(rv) }
 }
 
+/// One `#[test]` per server kind for each test body `fn(Kind)`:
+/// `per_server! { body => stock_test_name, p11fwd_test_name; ... }`.
+#[macro_export]
+macro_rules! per_server {
+    ($($body:ident => $stock:ident, $fwd:ident;)*) => {$(
+        #[test]
+        fn $stock() {
+            $body($crate::common::Kind::Stock);
+        }
+
+        #[test]
+        fn $fwd() {
+            $body($crate::common::Kind::Fwd);
+        }
+    )*};
+}
+
 /// A loaded PKCS#11 module and its 3.0 function list.
 #[derive(Debug)]
 pub struct Lib {
@@ -487,6 +504,34 @@ impl Lib {
         v.truncate(a.ulValueLen as usize);
         Ok(v)
     }
+}
+
+/// Runs a call that writes bytes and their length (`pOut, pulOutLen`) with a buffer of `cap`
+/// bytes (`None`: a NULL buffer, a size query); returns the CK_RV, the length the call set and
+/// the bytes it wrote (none unless `CKR_OK`).
+pub fn output(
+    cap: Option<usize>,
+    f: impl FnOnce(*mut u8, &mut CK_ULONG) -> CK_RV,
+) -> (CK_RV, CK_ULONG, Vec<u8>) {
+    let mut buf = vec![0u8; cap.unwrap_or(0)];
+    let mut len = cap.unwrap_or(0) as CK_ULONG;
+    let p = if cap.is_some() {
+        buf.as_mut_ptr()
+    } else {
+        ptr::null_mut()
+    };
+    let rv = f(p, &mut len);
+    buf.truncate(if rv == CKR_OK && cap.is_some() {
+        len as usize
+    } else {
+        0
+    });
+    (rv, len, buf)
+}
+
+/// An input byte array as the C API takes it.
+pub fn input(b: &[u8]) -> (*mut u8, CK_ULONG) {
+    (b.as_ptr().cast_mut(), b.len() as CK_ULONG)
 }
 
 /// A mechanism without a parameter.
