@@ -10,7 +10,7 @@ mod common;
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use common::{Kind, Lib, Server, arg, input, lock, mech, mech_with, openssl, output, set_env};
+use common::{Kind, Lib, Server, arg, hex, input, lock, mech, mech_with, openssl, output, set_env};
 use cryptoki_sys::*;
 use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{Key, TestToken};
@@ -435,10 +435,6 @@ fn zero_length_buffers(kind: Kind) {
         "{kind:?}: the operation ended with its data"
     );
     assert_eq!(lib.finalize(), CKR_OK);
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn attributes(kind: Kind) {

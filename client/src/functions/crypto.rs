@@ -247,7 +247,7 @@ fn output_call(
 /// first: a size other than 0 is the caller's `CKR_BUFFER_TOO_SMALL` (the operation stays
 /// active, as with the token itself); an empty result is then fetched through the 1-byte buffer,
 /// which ends the operation as the call should.
-fn size_first(
+pub(crate) fn size_first(
     dialect: Dialect,
     cap: OutCap,
     mut send: impl FnMut(OutCap) -> p11fwd_wire::Result<Output>,

@@ -574,6 +574,11 @@ pub fn openssl(args: &[&str], data: &[u8], sig: &[u8]) -> Vec<u8> {
     std::fs::read(&o).unwrap_or_default()
 }
 
+/// Lower-case hex, as `openssl -K/-iv` want it.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// A path as a string argument.
 pub fn arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
