@@ -1116,6 +1116,72 @@ fn threads(kind: Kind) {
     assert_eq!(lib.finalize(), CKR_OK);
 }
 
+/// This process's threads (`/proc/self/task`).
+fn tasks() -> std::collections::BTreeSet<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect()
+}
+
+/// The calling thread's id.
+fn tid() -> u32 {
+    let link = std::fs::read_link("/proc/thread-self").unwrap();
+    link.file_name().unwrap().to_string_lossy().parse().unwrap()
+}
+
+/// The module starts no thread in the host: at every step (C_Initialize, sessions, 4 threads
+/// signing, C_Finalize) the process's threads are the test's own. Threads that ended may show in
+/// `/proc` a moment after `join`, so later checks allow the signers' ids; never any other.
+fn no_threads_in_the_host(kind: Kind) {
+    let _g = lock();
+    let token = token();
+    let server = Server::start(kind, &token);
+    set_env("P11FWD_SERVER_ADDRESS", Some(&server.address()));
+    let before = tasks();
+    let ours = |what: &str, allowed: &std::collections::BTreeSet<u32>| {
+        let now = tasks();
+        assert!(
+            now.is_subset(allowed),
+            "{kind:?}: threads {:?} appeared {what}",
+            now.difference(allowed).collect::<Vec<_>>()
+        );
+    };
+    let lib = Lib::ours();
+    assert_eq!(lib.init(), CKR_OK);
+    ours("after C_Initialize", &before);
+    let slot = lib.slots().unwrap()[0];
+    let login = lib.session();
+    let key = lib.object(login, CKO_PRIVATE_KEY, "ec-p256");
+    ours("after a login", &before);
+    let signers = std::sync::Mutex::new(before.clone());
+    let all_signed = std::sync::Barrier::new(4);
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let (lib, signers, all_signed, ours) = (&lib, &signers, &all_signed, &ours);
+            s.spawn(move || {
+                signers.lock().unwrap().insert(tid());
+                let h = lib.open(slot).unwrap();
+                for i in 0..5u8 {
+                    lib.sign(h, &mut mech(CKM_ECDSA), key, &[t, i, 7]).unwrap();
+                }
+                all_signed.wait();
+                // Every signer is alive here, and no other thread but the test's.
+                let signing = signers.lock().unwrap().clone();
+                let now = tasks();
+                assert!(signing.is_subset(&now), "{kind:?}: {signing:?} {now:?}");
+                ours("while 4 threads sign", &signing);
+                all_signed.wait();
+                assert_eq!(call!(lib, C_CloseSession, h), CKR_OK);
+            });
+        }
+    });
+    let allowed = signers.into_inner().unwrap();
+    ours("after the signing threads", &allowed);
+    assert_eq!(lib.finalize(), CKR_OK);
+    ours("after C_Finalize", &allowed);
+}
+
 /// Two threads share one session: one signs (its `C_SignInit` deferred, sent with `C_Sign`),
 /// the other reads an attribute; every signature succeeds (another thread's call used to take
 /// the deferred Init and send it after the `C_Sign` it belongs to).
@@ -1217,6 +1283,7 @@ fn multiplexed(kind: Kind) {
 }
 
 per_server! {
+    no_threads_in_the_host => no_threads_in_the_host_stock, no_threads_in_the_host_p11fwd;
     zero_length_buffers => zero_length_buffer_keeps_the_operation_stock, zero_length_buffer_keeps_the_operation_p11fwd;
     one_session_two_threads => one_session_two_threads_stock, one_session_two_threads_p11fwd;
     multiplexed => threads_share_the_connection_stock, threads_share_the_connection_p11fwd;
