@@ -590,12 +590,9 @@ fn every_function(kind: Kind) {
     let _g = lock();
     // SoftHSM itself: the reference transcript.
     let reference = token();
-    set_env("SOFTHSM2_CONF", Some(&arg(reference.conf_path())));
-    let softhsm = Lib::load(reference.module_path());
-    assert_eq!(softhsm.init(), CKR_OK);
+    let softhsm = Lib::softhsm(&reference);
     let expected = sequence(&softhsm, &reference, None);
     assert_eq!(softhsm.finalize(), CKR_OK);
-    set_env("SOFTHSM2_CONF", None);
 
     let token = token();
     let server = Server::start(kind, &token);

@@ -1054,6 +1054,69 @@ fn mechanisms(kind: Kind) {
     assert_eq!(lib.finalize(), CKR_OK);
 }
 
+/// Mechanisms of SoftHSM 2.6.1 whose parameter no generation of the protocol can carry (a
+/// structure with pointers and no serializer): never listed.
+const NOT_CARRIED: [CK_MECHANISM_TYPE; 6] = [
+    CKM_DES_ECB_ENCRYPT_DATA,
+    CKM_DES_CBC_ENCRYPT_DATA,
+    CKM_DES3_ECB_ENCRYPT_DATA,
+    CKM_DES3_CBC_ENCRYPT_DATA,
+    CKM_AES_ECB_ENCRYPT_DATA,
+    CKM_AES_CBC_ENCRYPT_DATA,
+];
+
+/// ... and those whose pointer structure has a serializer from version 1 (p11-kit 0.25) on.
+const NOT_CARRIED_BY_V0: [CK_MECHANISM_TYPE; 2] = [CKM_ECDH1_DERIVE, CKM_AES_GCM];
+
+/// No mechanism hiding, proven: our list is SoftHSM's own (the module loaded directly) minus
+/// exactly the documented set that cannot cross the negotiated protocol version.
+fn mechanism_lists(kind: Kind) {
+    let _g = lock();
+    let token = token();
+    let softhsm = Lib::softhsm(&token);
+    let all = softhsm.mechanisms(softhsm.slots().unwrap()[0]).unwrap();
+    assert_eq!(softhsm.finalize(), CKR_OK);
+    let (server, lib) = setup(kind, &token);
+    let ours = lib.mechanisms(lib.slots().unwrap()[0]).unwrap();
+    assert_eq!(lib.finalize(), CKR_OK);
+    let hidden: Vec<CK_MECHANISM_TYPE> = match kind {
+        Kind::Stock => [&NOT_CARRIED[..], &NOT_CARRIED_BY_V0].concat(),
+        Kind::Fwd => NOT_CARRIED.to_vec(),
+    };
+    for m in &hidden {
+        assert!(all.contains(m), "SoftHSM lists no {m:#x}");
+    }
+    let expected: Vec<_> = all
+        .iter()
+        .copied()
+        .filter(|m| !hidden.contains(m))
+        .collect();
+    let sorted = |v: &[CK_MECHANISM_TYPE]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(sorted(&ours), sorted(&expected), "{kind:?}");
+    set_env("P11_KIT_SERVER_ADDRESS", Some(&server.address()));
+    let stock = Lib::stock_client();
+    assert_eq!(stock.init(), CKR_OK);
+    let stock_list = stock.mechanisms(stock.slots().unwrap()[0]).unwrap();
+    assert_eq!(stock.finalize(), CKR_OK);
+    let counts = (all.len(), ours.len(), stock_list.len());
+    eprintln!(
+        "{kind:?}: SoftHSM {}, p11fwd-client {}, p11-kit-client.so {}",
+        counts.0, counts.1, counts.2
+    );
+    // SoftHSM 2.6.1 as Debian 12 builds it; the stock 0.24.1 client filters the same way
+    // whichever server it talks to.
+    let listed = if kind == Kind::Stock { 62 } else { 64 };
+    assert_eq!(
+        counts,
+        (70, listed, 36),
+        "{kind:?}: (SoftHSM, ours, stock client)"
+    );
+}
+
 struct Peer {
     _dir: tempfile::TempDir,
     pem: std::path::PathBuf,
@@ -1283,6 +1346,7 @@ fn multiplexed(kind: Kind) {
 }
 
 per_server! {
+    mechanism_lists => mechanism_list_is_softhsms_stock, mechanism_list_is_softhsms_p11fwd;
     no_threads_in_the_host => no_threads_in_the_host_stock, no_threads_in_the_host_p11fwd;
     zero_length_buffers => zero_length_buffer_keeps_the_operation_stock, zero_length_buffer_keeps_the_operation_p11fwd;
     one_session_two_threads => one_session_two_threads_stock, one_session_two_threads_p11fwd;

@@ -291,6 +291,17 @@ impl Lib {
         *unsafe { self.lib.get::<T>(name.as_bytes()) }.unwrap()
     }
 
+    /// SoftHSM itself, loaded in this process for `token` and initialised: the reference the
+    /// module's answers are compared with. `SOFTHSM2_CONF` is set only while SoftHSM reads it
+    /// (callers hold [`lock`]).
+    pub fn softhsm(token: &TestToken) -> Self {
+        set_env("SOFTHSM2_CONF", Some(&arg(token.conf_path())));
+        let lib = Self::load(token.module_path());
+        assert_eq!(lib.init(), CKR_OK);
+        set_env("SOFTHSM2_CONF", None);
+        lib
+    }
+
     /// `C_Initialize` with `CKF_OS_LOCKING_OK`.
     pub fn init(&self) -> CK_RV {
         let mut args = CK_C_INITIALIZE_ARGS {
