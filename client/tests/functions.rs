@@ -12,9 +12,8 @@ mod common;
 
 use std::ffi::c_void;
 use std::ptr;
-use std::time::Duration;
 
-use common::{Kind, Lib, Server, arg, hex, input, lock, mech, mech_with, openssl, output, set_env};
+use common::{Kind, Lib, Rig, arg, hex, input, lock, mech, mech_with, openssl, output};
 use cryptoki_sys::*;
 use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{Key, TestToken};
@@ -595,21 +594,11 @@ fn every_function(kind: Kind) {
     assert_eq!(softhsm.finalize(), CKR_OK);
 
     let token = token();
-    let server = Server::start(kind, &token);
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path().join("relay.sock"),
-        server.socket(),
-        Duration::ZERO,
-    )
-    .unwrap();
-    set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
-    set_env("P11FWD_TIMEOUT", Some("20"));
-    let lib = Lib::ours();
-    assert_eq!(lib.init(), CKR_OK);
+    let remote = Rig::new(kind, &token);
+    let (lib, relay) = (&remote.lib, &remote.relay);
     // Before the sequence: it wipes the token.
-    message_functions(&lib);
-    let got = sequence(&lib, &token, Some(&relay));
+    message_functions(lib);
+    let got = sequence(lib, &token, Some(relay));
     let mut event = 0;
     let rv = call!(
         lib,
@@ -640,6 +629,113 @@ fn every_function(kind: Kind) {
     drop(softhsm);
 }
 
+/// Our pointer values never reach a server: parameters of standard mechanisms that are
+/// structures with pointers and that no protocol generation serializes are refused before
+/// anything is sent, as are message operations whose per-message parameters hold pointers
+/// (where the server has message functions at all). A vendor mechanism's parameter, of a layout
+/// we cannot know, still goes as bytes (the token's answer comes back).
+fn pointer_parameters(kind: Kind) {
+    let _g = lock();
+    let token = token();
+    let remote = Rig::new(kind, &token);
+    let lib = &remote.lib;
+    let h = lib.session();
+    let aes = lib.object(h, CKO_SECRET_KEY, "aes256");
+    let ec = lib.object(h, CKO_PRIVATE_KEY, "ec-p256");
+    let mechs = lib.mechanisms(lib.slots().unwrap()[0]).unwrap();
+    // Sends the deferred C_FindObjectsFinal, so that the counts below are the calls' own.
+    let mut info = CK_SESSION_INFO::default();
+    assert_eq!(call!(lib, C_GetSessionInfo, h, &mut info), CKR_OK);
+    remote.rt();
+
+    let mut nonce = [1u8; 12];
+    let mut counter = [0u8; 4];
+    let mut chacha = CK_CHACHA20_PARAMS {
+        pBlockCounter: counter.as_mut_ptr(),
+        blockCounterBits: 32,
+        pNonce: nonce.as_mut_ptr(),
+        ulNonceBits: 96,
+    };
+    let mut m = mech_with(CKM_CHACHA20, &mut chacha);
+    assert_eq!(
+        call!(lib, C_EncryptInit, h, &mut m, aes),
+        CKR_MECHANISM_PARAM_INVALID
+    );
+    let mut data = CK_KEY_DERIVATION_STRING_DATA {
+        pData: nonce.as_mut_ptr(),
+        ulLen: 12,
+    };
+    let mut m = mech_with(CKM_SEED_ECB_ENCRYPT_DATA, &mut data);
+    let mut derived = 0;
+    let rv = call!(
+        lib,
+        C_DeriveKey,
+        h,
+        &mut m,
+        aes,
+        ptr::null_mut(),
+        0,
+        &mut derived
+    );
+    assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID);
+    let mut wrap_oaep = CK_KEY_WRAP_SET_OAEP_PARAMS {
+        bBC: 0,
+        pX: nonce.as_mut_ptr(),
+        ulXLen: 12,
+    };
+    let mut m = mech_with(CKM_KEY_WRAP_SET_OAEP, &mut wrap_oaep);
+    let rv = call!(
+        lib,
+        C_WrapKey,
+        h,
+        &mut m,
+        aes,
+        aes,
+        ptr::null_mut(),
+        &mut derived
+    );
+    assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID);
+    assert_eq!(remote.rt(), 0, "{kind:?}: refused before sending");
+    for m in [
+        CKM_CHACHA20,
+        CKM_SEED_ECB_ENCRYPT_DATA,
+        CKM_KEY_WRAP_SET_OAEP,
+    ] {
+        assert!(!mechs.contains(&m), "{m:#x} listed");
+    }
+
+    // Message operations of AES-GCM: per-message CK_GCM_MESSAGE_PARAMS hold pointers.
+    let mut gcm = mech(CKM_AES_GCM);
+    let rv = call!(lib, C_MessageEncryptInit, h, &mut gcm, aes);
+    let mut cbc = mech(CKM_AES_CBC);
+    let other = call!(lib, C_MessageEncryptInit, h, &mut cbc, aes);
+    if kind == Kind::Stock {
+        // No message functions in 0.24: refused locally, whatever the mechanism.
+        assert_eq!(
+            (rv, other),
+            (CKR_FUNCTION_NOT_SUPPORTED, CKR_FUNCTION_NOT_SUPPORTED)
+        );
+        assert_eq!(remote.rt(), 0);
+    } else {
+        assert_eq!(rv, CKR_MECHANISM_PARAM_INVALID);
+        // Another mechanism goes to the server (which has no message functions).
+        assert_eq!(other, CKR_FUNCTION_NOT_SUPPORTED);
+        assert_eq!(remote.rt(), 1, "only the AES-CBC one was sent");
+    }
+
+    // A vendor mechanism: its parameter goes as bytes; SoftHSM does not know it.
+    let mut vendor = [7u8; 8];
+    let mut m = mech_with(CKM_VENDOR_DEFINED | 0x1234, &mut vendor);
+    let mut no = CK_FALSE;
+    let mut t = [attr(CKA_TOKEN, &mut no)];
+    let t = t.as_mut_ptr();
+    let rv = call!(lib, C_DeriveKey, h, &mut m, ec, t, 1, &mut derived);
+    assert_eq!(rv, CKR_MECHANISM_INVALID, "{kind:?}: SoftHSM's answer");
+    assert_eq!(remote.rt(), 1);
+    assert_eq!(lib.finalize(), CKR_OK);
+}
+
 per_server! {
     every_function => every_function_as_softhsm_stock, every_function_as_softhsm_p11fwd;
+    pointer_parameters => pointer_parameters_never_cross_stock, pointer_parameters_never_cross_p11fwd;
 }

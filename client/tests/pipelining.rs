@@ -18,11 +18,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::ptr;
-use std::time::Duration;
 
-use common::{Kind, Lib, Server, arg, input, lock, mech, mech_with, openssl, output, set_env};
+use common::{Kind, Lib, Relayed, Rig, arg, input, lock, mech, mech_with, openssl, output};
 use cryptoki_sys::*;
-use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{Key, TestToken, artifacts, require_tool};
 
 fn token() -> TestToken {
@@ -32,45 +30,6 @@ fn token() -> TestToken {
         .with(Key::EcP256)
         .with(Key::RsaAlwaysAuth)
         .build()
-}
-
-/// A server of `kind` behind a relay without delay that counts round trips, and the module
-/// initialised against the relay.
-struct Rig {
-    lib: Lib,
-    relay: Relay,
-    _server: Server,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    fn new(kind: Kind, token: &TestToken) -> Self {
-        let server = Server::start(kind, token);
-        let dir = tempfile::tempdir().unwrap();
-        let relay = Relay::start(
-            dir.path().join("relay.sock"),
-            server.socket(),
-            Duration::ZERO,
-        )
-        .unwrap();
-        set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
-        set_env("P11FWD_TIMEOUT", Some("20"));
-        let lib = Lib::ours();
-        assert_eq!(lib.init(), CKR_OK);
-        Self {
-            lib,
-            relay,
-            _server: server,
-            _dir: dir,
-        }
-    }
-
-    /// Round trips since the last call.
-    fn rt(&self) -> u64 {
-        let n = self.relay.stats().round_trips;
-        self.relay.reset_stats();
-        n
-    }
 }
 
 /// `C_Sign` into a buffer of `cap` bytes (NULL for `None`): (rv, length, signature).
@@ -618,15 +577,11 @@ fn cryptoki_driven(kind: Kind) {
 
     let _g = lock();
     let token = token();
-    let server = Server::start(kind, &token);
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path().join("relay.sock"),
-        server.socket(),
-        Duration::ZERO,
-    )
-    .unwrap();
-    set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
+    let Relayed {
+        relay,
+        server: _server,
+        dir: _dir,
+    } = Relayed::start(kind, &token);
     let pkcs11 = Pkcs11::new(artifacts::client_module()).unwrap();
     pkcs11
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
@@ -695,14 +650,11 @@ fn cryptoki_signatures_p11fwd() {
 fn pkcs11_tool_sign(kind: Kind) {
     let _g = lock();
     let token = token();
-    let server = Server::start(kind, &token);
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path().join("relay.sock"),
-        server.socket(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let Relayed {
+        relay,
+        dir,
+        server: _server,
+    } = Relayed::start(kind, &token);
     let data = dir.path().join("data");
     std::fs::write(&data, [9u8; 32]).unwrap();
     let run = |module: &Path| {

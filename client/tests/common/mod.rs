@@ -23,6 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
+use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{TestToken, artifacts, percent_encode, require_tool};
 use tempfile::TempDir;
 
@@ -191,6 +192,64 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A server of `kind` behind a relay without delay that counts round trips, with
+/// `P11FWD_SERVER_ADDRESS` pointing at the relay.
+pub struct Relayed {
+    /// The relay.
+    pub relay: Relay,
+    /// The server.
+    pub server: Server,
+    /// A temporary directory (the relay's socket is in it).
+    pub dir: TempDir,
+}
+
+impl Relayed {
+    /// Start both.
+    pub fn start(kind: Kind, token: &TestToken) -> Self {
+        let server = Server::start(kind, token);
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::start(
+            dir.path().join("relay.sock"),
+            server.socket(),
+            Duration::ZERO,
+        )
+        .unwrap();
+        set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
+        Self { relay, server, dir }
+    }
+}
+
+/// [`Relayed`] and the module initialised against the relay.
+pub struct Rig {
+    /// The module.
+    pub lib: Lib,
+    /// The relay.
+    pub relay: Relay,
+    _rest: (Server, TempDir),
+}
+
+impl Rig {
+    /// Start it.
+    pub fn new(kind: Kind, token: &TestToken) -> Self {
+        let Relayed { relay, server, dir } = Relayed::start(kind, token);
+        set_env("P11FWD_TIMEOUT", Some("20"));
+        let lib = Lib::ours();
+        assert_eq!(lib.init(), CKR_OK);
+        Self {
+            lib,
+            relay,
+            _rest: (server, dir),
+        }
+    }
+
+    /// Round trips since the last call.
+    pub fn rt(&self) -> u64 {
+        let n = self.relay.stats().round_trips;
+        self.relay.reset_stats();
+        n
     }
 }
 
