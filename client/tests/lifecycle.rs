@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use common::{Kind, Lib, Server, lock, mech, set_env, text};
+use common::{Kind, Lib, Server, accept_request, lock, mech, send_reply, set_env, text};
 use cryptoki_sys::*;
 use p11fwd_tests::{Key, TestToken};
 
@@ -225,24 +224,9 @@ fn hang_up_server(path: &std::path::Path) -> std::thread::JoinHandle<()> {
 fn serve_then_hang_up(mut s: UnixStream) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b)?;
-    s.write_all(&[0])?;
-    let mut h = [0u8; 12];
-    s.read_exact(&mut h)?;
-    let code = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-    let rest = u32::from_be_bytes([h[4], h[5], h[6], h[7]])
-        + u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-    let mut body = vec![0u8; rest as usize];
-    s.read_exact(&mut body)?;
+    let code = accept_request(&mut s)?;
     // Reply to C_Initialize (call 1, empty signature).
-    let mut reply = Vec::new();
-    reply.extend_from_slice(&code.to_be_bytes());
-    reply.extend_from_slice(&0u32.to_be_bytes());
-    reply.extend_from_slice(&8u32.to_be_bytes());
-    reply.extend_from_slice(&1u32.to_be_bytes());
-    reply.extend_from_slice(&0u32.to_be_bytes());
-    s.write_all(&reply)?;
+    send_reply(&mut s, code, &[0, 0, 0, 1, 0, 0, 0, 0])?;
     s.shutdown(std::net::Shutdown::Both)
 }
 

@@ -14,6 +14,7 @@
 
 use std::ffi::c_void;
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -251,6 +252,30 @@ impl Rig {
         self.relay.reset_stats();
         n
     }
+}
+
+/// A fake server's side of the protocol: answer the version byte with 0, then read one request
+/// frame; returns its message code (to reply with).
+pub fn accept_request(s: &mut UnixStream) -> std::io::Result<u32> {
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    s.write_all(&[0])?;
+    let mut h = [0u8; 12];
+    s.read_exact(&mut h)?;
+    let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let mut rest = vec![0u8; (word(4) + word(8)) as usize];
+    s.read_exact(&mut rest)?;
+    Ok(word(0))
+}
+
+/// Write a reply frame with message `code`, no options, and `body` (call id, signature, values).
+pub fn send_reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(12 + body.len());
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(&0u32.to_be_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    s.write_all(&frame)
 }
 
 /// Both server kinds (the forwarder is part of the workspace build).
