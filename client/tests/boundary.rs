@@ -282,23 +282,16 @@ fn without_a_server_the_module_is_an_empty_stand_in() {
     );
     assert_eq!(call!(lib, C_CancelFunction, 1), CKR_FUNCTION_NOT_PARALLEL);
 
-    // The 2.40 list reports Cryptoki 2.40.
-    let get_list = lib
-        .symbol::<CK_C_GetFunctionList>("C_GetFunctionList")
-        .unwrap();
-    let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
-    // SAFETY: valid out pointer.
-    assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
-    let mut info = CK_INFO::default();
-    // SAFETY: the module's static 2.40 list.
-    let get_info = unsafe { (*list).C_GetInfo }.unwrap();
-    // SAFETY: valid out pointer.
-    let rv = unsafe { get_info(&mut info) };
-    assert_eq!(rv, CKR_OK);
+    // The 2.40 list (another instance, initialised on its own) reports Cryptoki 2.40.
+    let v2 = Lib::ours_2_40();
+    assert_eq!(v2.info().err(), Some(CKR_CRYPTOKI_NOT_INITIALIZED));
+    assert_eq!(v2.init(), CKR_OK);
+    let info = v2.info().unwrap();
     assert_eq!(
         (info.cryptokiVersion.major, info.cryptokiVersion.minor),
         (2, 40)
     );
+    assert_eq!(v2.finalize(), CKR_OK);
     assert_eq!(lib.finalize(), CKR_OK);
 }
 

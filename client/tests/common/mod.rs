@@ -335,13 +335,24 @@ impl Lib {
         Self::load(Path::new(p11fwd_tests::P11KIT_CLIENT_MODULE))
     }
 
+    /// `libp11fwd_client.so`'s 2.40 list, from `C_GetFunctionList` (only the 2.40 functions of
+    /// `f` may be used).
+    pub fn ours_2_40() -> Self {
+        Self::load_with(&artifacts::client_module(), false)
+    }
+
     /// Load a module; uses `C_GetInterface` when present, else `C_GetFunctionList`.
     pub fn load(path: &Path) -> Self {
+        Self::load_with(path, true)
+    }
+
+    fn load_with(path: &Path, interface: bool) -> Self {
         // SAFETY: loading a PKCS#11 module; its initialisers are trusted test subjects.
         let lib = unsafe { libloading::Library::new(path) }.unwrap();
         // SAFETY: the standard PKCS#11 entry points, with their C signatures.
         let get_interface = unsafe { lib.get::<CK_C_GetInterface>(b"C_GetInterface\0") };
-        let list: *mut c_void = match get_interface.ok().and_then(|f| *f) {
+        let get_interface = get_interface.ok().and_then(|f| *f).filter(|_| interface);
+        let list: *mut c_void = match get_interface {
             Some(get) => {
                 let mut iface: *mut CK_INTERFACE = ptr::null_mut();
                 // SAFETY: NULL name and version ask for the default interface.
