@@ -75,7 +75,32 @@ fn log_rv(function: &'static str, rv: Rv) {
 /// The body is a block of type `crate::Result<()>`; it may use `?`. The arguments keep their C
 /// names. Raw pointer arguments must be turned into safe values through the helpers in
 /// [`crate::ffi`] before anything else happens.
+///
+/// With `per_instance;` first, each function also gets its twin in every function list's
+/// instance: `Instance::<I>::C_x`, which runs `C_x` as instance `I` (`crate::state`).
 macro_rules! entry {
+    (per_instance; $(
+        $(#[$meta:meta])*
+        fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block
+    )*) => {
+        $crate::boundary::entry! {$(
+            $(#[$meta])*
+            fn $name($($arg: $ty),*) $body
+        )*}
+
+        impl<const I: usize> $crate::boundary::Instance<I> {$(
+            #[doc = concat!("`", stringify!($name), "` of the function lists of instance `I`.")]
+            ///
+            /// # Safety
+            ///
+            /// As the exported function.
+            #[allow(non_snake_case)] // PKCS#11 names.
+            pub(crate) unsafe extern "C" fn $name($($arg: $ty),*) -> ::cryptoki_sys::CK_RV {
+                // SAFETY: the caller keeps the exported function's contract.
+                $crate::state::with_instance(I, || unsafe { $name($($arg),*) })
+            }
+        )*}
+    };
     ($(
         $(#[$meta:meta])*
         fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block
@@ -97,6 +122,11 @@ macro_rules! entry {
 }
 
 pub(crate) use entry;
+
+/// Module instance `I`: its function lists' functions are associated functions of this type
+/// (stamped by `entry!`), so that each list calls into its own instance.
+#[derive(Debug)]
+pub(crate) struct Instance<const I: usize>;
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,13 @@
 //! The module state: initialisation, fork detection, the shared connection, reconnection and
 //! session handles.
 //!
-//! - One global `Mutex<Option<Arc<Module>>>`, held only long enough to clone the `Arc`: calls
-//!   run without any global lock, and many threads share one connection (the blocking
-//!   transport multiplexes them by request code).
+//! - One `Mutex<Option<Arc<Module>>>` per instance, held only long enough to clone the `Arc`:
+//!   calls run without any global lock, and many threads share one connection (the blocking
+//!   transport multiplexes them by request code). Every `C_GetFunctionList`/`C_GetInterface`
+//!   hands out the function list of a new instance, with its own `C_Initialize`, connection and
+//!   `C_Finalize`, as `p11-kit-client.so` does (two users of the module in one process, e.g. NSS
+//!   and p11-kit-proxy, do not share or close each other's connection). The lists' functions
+//!   are `boundary::Instance<I>`'s, which run the exported function with `CURRENT = I`.
 //! - The PID at `C_Initialize` is kept. In a `fork()` child every call returns
 //!   `CKR_CRYPTOKI_NOT_INITIALIZED` until the child calls `C_Initialize`, which opens its own
 //!   connection; the parent's socket is never written, read or shut down by the child (the
@@ -23,7 +27,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -46,8 +50,56 @@ use crate::pipeline::{
 };
 use crate::{Result, rv};
 
-/// The one module instance of this process (per `C_Initialize`).
-static STATE: Mutex<Option<Arc<Module>>> = Mutex::new(None);
+/// How many function lists `C_GetFunctionList`/`C_GetInterface` can hand out, each its own
+/// module instance (as `p11-kit-client.so` makes one per call, rpc §8). Instance 0 belongs to
+/// the exported `C_*` symbols, called directly, and serves every list asked for after these.
+pub(crate) const INSTANCES: usize = 64;
+
+/// The state of each instance (its `C_Initialize`, connection, sessions).
+static STATES: [Mutex<Option<Arc<Module>>>; INSTANCES + 1] =
+    [const { Mutex::new(None) }; INSTANCES + 1];
+
+/// The next instance to hand out.
+static NEXT: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The instance whose function the calling thread is in (0 for the exported symbols).
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A fresh instance for a new function list; instance 0 (shared with the exported symbols)
+/// once all are handed out.
+pub(crate) fn new_instance() -> usize {
+    let i = NEXT
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n <= INSTANCES).then_some(n + 1)
+        })
+        .unwrap_or(0);
+    if i == 0 {
+        tracing::warn!(
+            instances = INSTANCES,
+            "every function list has been handed out; this one shares the exported symbols' instance"
+        );
+    }
+    i
+}
+
+/// Run `f` (an exported function) as a function of instance `i`.
+pub(crate) fn with_instance<R>(i: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.set(self.0);
+        }
+    }
+    let _restore = Restore(CURRENT.replace(i));
+    f()
+}
+
+/// The state of the calling function's instance.
+fn this_instance() -> &'static Mutex<Option<Arc<Module>>> {
+    &STATES[CURRENT.get().min(INSTANCES)]
+}
 
 /// How often a blocking `C_WaitForSlotEvent` asks the server (always with `CKF_DONT_BLOCK`).
 const SLOT_EVENT_POLL: Duration = Duration::from_millis(500);
@@ -70,7 +122,7 @@ fn transport_rv(e: &WireError) -> Rv {
 
 /// `C_Initialize` after the argument checks: `reserved` is the `pReserved` string to forward.
 pub(crate) fn initialize(reserved: Option<Vec<u8>>) -> Result<()> {
-    let mut state = lock(&STATE)?;
+    let mut state = lock(this_instance())?;
     let pid = getpid();
     if let Some(m) = state.as_ref() {
         if m.pid == pid {
@@ -123,7 +175,7 @@ pub(crate) fn initialize(reserved: Option<Vec<u8>>) -> Result<()> {
 /// `C_Finalize`: forget the state, say goodbye to the server, close the connection.
 pub(crate) fn finalize() -> Result<()> {
     let module = {
-        let mut state = lock(&STATE)?;
+        let mut state = lock(this_instance())?;
         match state.as_ref() {
             Some(m) if m.pid == getpid() => state.take(),
             _ => None,
@@ -144,7 +196,7 @@ pub(crate) fn finalize() -> Result<()> {
 /// The initialised module of this process, or `CKR_CRYPTOKI_NOT_INITIALIZED` (also in a fork
 /// child that has not called `C_Initialize` itself).
 pub(crate) fn module() -> Result<Arc<Module>> {
-    let state = lock(&STATE)?;
+    let state = lock(this_instance())?;
     match state.as_ref() {
         Some(m) if m.pid == getpid() => Ok(Arc::clone(m)),
         _ => Err(rv(CKR_CRYPTOKI_NOT_INITIALIZED)),

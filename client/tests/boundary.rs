@@ -9,7 +9,7 @@ use std::os::unix::net::UnixListener;
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use common::{Lib, lock, set_env, text};
+use common::{Lib, accept_request, lock, send_reply, set_env, text};
 use cryptoki_sys::*;
 
 fn no_server_env() -> tempfile::TempDir {
@@ -282,23 +282,16 @@ fn without_a_server_the_module_is_an_empty_stand_in() {
     );
     assert_eq!(call!(lib, C_CancelFunction, 1), CKR_FUNCTION_NOT_PARALLEL);
 
-    // The 2.40 list reports Cryptoki 2.40.
-    let get_list = lib
-        .symbol::<CK_C_GetFunctionList>("C_GetFunctionList")
-        .unwrap();
-    let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
-    // SAFETY: valid out pointer.
-    assert_eq!(unsafe { get_list(&mut list) }, CKR_OK);
-    let mut info = CK_INFO::default();
-    // SAFETY: the module's static 2.40 list.
-    let get_info = unsafe { (*list).C_GetInfo }.unwrap();
-    // SAFETY: valid out pointer.
-    let rv = unsafe { get_info(&mut info) };
-    assert_eq!(rv, CKR_OK);
+    // The 2.40 list (another instance, initialised on its own) reports Cryptoki 2.40.
+    let v2 = Lib::ours_2_40();
+    assert_eq!(v2.info().err(), Some(CKR_CRYPTOKI_NOT_INITIALIZED));
+    assert_eq!(v2.init(), CKR_OK);
+    let info = v2.info().unwrap();
     assert_eq!(
         (info.cryptokiVersion.major, info.cryptokiVersion.minor),
         (2, 40)
     );
+    assert_eq!(v2.finalize(), CKR_OK);
     assert_eq!(lib.finalize(), CKR_OK);
 }
 
@@ -330,17 +323,49 @@ fn a_server_that_never_answers_times_out() {
     // The RPC C_Initialize times out: the module starts as the stand-in.
     assert_eq!(lib.init(), CKR_OK);
     let waited = t.elapsed();
+    // At least the timeout; far less than the 120 s default (a loose bound: a loaded machine
+    // must not fail it).
     assert!(
-        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(60),
         "{waited:?}"
     );
     // The next slot call tries again (and times out again): no slots, no hang.
     let t = Instant::now();
     assert_eq!(lib.slots().unwrap(), Vec::<CK_SLOT_ID>::new());
-    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(t.elapsed() < Duration::from_secs(60));
     assert_eq!(lib.finalize(), CKR_OK);
     set_env("P11FWD_TIMEOUT", None);
     drop(server);
+}
+
+/// A server that answers the RPC `C_Initialize` with an error: `C_Initialize` returns that
+/// error, as `p11-kit-client.so` does (rpc §8); the stand-in is only for no answer at all.
+#[test]
+fn a_server_error_to_c_initialize_is_returned() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refusing.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let mut s = stream.unwrap();
+            let code = accept_request(&mut s).unwrap();
+            // An error reply: call id 0, signature "u", the CK_RV as 8 bytes.
+            let mut body = vec![0, 0, 0, 0, 0, 0, 0, 1, b'u'];
+            body.extend_from_slice(&CKR_FUNCTION_FAILED.to_be_bytes());
+            send_reply(&mut s, code, &body).unwrap();
+        }
+    });
+    let address = format!("unix:path={}", path.display());
+    set_env("P11FWD_SERVER_ADDRESS", Some(&address));
+    set_env("P11_KIT_SERVER_ADDRESS", Some(&address));
+    let ours = Lib::ours();
+    assert_eq!(ours.init(), CKR_FUNCTION_FAILED);
+    assert_eq!(ours.finalize(), CKR_CRYPTOKI_NOT_INITIALIZED);
+    let stock = Lib::stock_client();
+    assert_eq!(stock.init(), CKR_FUNCTION_FAILED, "p11-kit-client.so");
+    server.join().unwrap();
+    set_env("P11_KIT_SERVER_ADDRESS", None);
 }
 
 #[test]
@@ -349,5 +374,12 @@ fn a_bad_override_is_a_clear_error() {
     set_env("P11FWD_SERVER_ADDRESS", Some("unix:path=relative/path"));
     let lib = Lib::ours();
     assert_eq!(lib.init(), CKR_GENERAL_ERROR);
+    // vsock addresses are refused the same way (the module connects to Unix sockets only),
+    // from either variable.
+    set_env("P11FWD_SERVER_ADDRESS", Some("vsock:cid=3;port=5000"));
+    assert_eq!(lib.init(), CKR_GENERAL_ERROR);
     set_env("P11FWD_SERVER_ADDRESS", None);
+    set_env("P11_KIT_SERVER_ADDRESS", Some("vsock:port=5000"));
+    assert_eq!(lib.init(), CKR_GENERAL_ERROR);
+    set_env("P11_KIT_SERVER_ADDRESS", None);
 }

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use common::{Kind, Lib, Server, lock, mech, set_env, text};
+use common::{Kind, Lib, Relayed, Server, accept_request, lock, mech, send_reply, set_env, text};
 use cryptoki_sys::*;
 use p11fwd_tests::{Key, TestToken};
 
@@ -205,6 +204,83 @@ fn fork_child_needs_its_own_initialize_p11fwd() {
     fork(Kind::Fwd);
 }
 
+/// Two users of the module in one process, e.g. NSS loading it directly and p11-kit-proxy
+/// loading it too: each `C_GetInterface`/`C_GetFunctionList` is an instance of its own, with
+/// its own `C_Initialize`, connection and `C_Finalize`, as with `p11-kit-client.so` (which this
+/// test checks too). A list's own `C_GetFunctionList` stays in its instance; the exported
+/// symbols are one more instance.
+fn two_users(kind: Kind) {
+    let _g = lock();
+    let token = token();
+    let Relayed {
+        relay,
+        server,
+        dir: _dir,
+    } = Relayed::start(kind, &token);
+    let nss = Lib::ours();
+    let proxy = Lib::ours_2_40();
+    assert_eq!(nss.init(), CKR_OK);
+    assert_eq!(
+        proxy.init(),
+        CKR_OK,
+        "{kind:?}: not CKR_CRYPTOKI_ALREADY_INITIALIZED"
+    );
+    assert_eq!(nss.init(), CKR_CRYPTOKI_ALREADY_INITIALIZED);
+    assert_eq!(relay.stats().conns, 2, "{kind:?}: a connection each");
+    let (a, b) = (nss.session(), proxy.session());
+    sign_ok(&nss, a);
+    sign_ok(&proxy, b);
+    assert_eq!(proxy.finalize(), CKR_OK);
+    sign_ok(&nss, a);
+    let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
+    assert_eq!(call!(nss, C_GetFunctionList, &mut list), CKR_OK);
+    let mut info = CK_SESSION_INFO::default();
+    // SAFETY: the module returned a pointer to one of its static lists.
+    let get_session_info = unsafe { (*list).C_GetSessionInfo }.unwrap();
+    // SAFETY: the module's function, a valid out pointer.
+    let rv = unsafe { get_session_info(a, &mut info) };
+    assert_eq!(
+        rv, CKR_OK,
+        "{kind:?}: the list's C_GetFunctionList keeps the instance"
+    );
+    let exported = nss
+        .symbol::<CK_C_GetSessionInfo>("C_GetSessionInfo")
+        .unwrap();
+    // SAFETY: the exported function, a valid out pointer.
+    let rv = unsafe { exported(a, &mut info) };
+    assert_eq!(
+        rv, CKR_CRYPTOKI_NOT_INITIALIZED,
+        "{kind:?}: the exported symbols' instance"
+    );
+    assert_eq!(nss.finalize(), CKR_OK);
+    assert_eq!(proxy.init(), CKR_OK);
+    assert_eq!(proxy.finalize(), CKR_OK);
+
+    set_env("P11_KIT_SERVER_ADDRESS", Some(&server.address()));
+    let (first, second) = (Lib::stock_client(), Lib::stock_client());
+    assert_eq!(
+        (first.init(), second.init()),
+        (CKR_OK, CKR_OK),
+        "p11-kit-client.so"
+    );
+    assert_eq!(second.finalize(), CKR_OK);
+    let mut n = 0;
+    assert_eq!(
+        call!(first, C_GetSlotList, CK_TRUE, ptr::null_mut(), &mut n),
+        CKR_OK
+    );
+    assert_eq!(
+        n, 1,
+        "p11-kit-client.so: the first instance still has its connection"
+    );
+    assert_eq!(first.finalize(), CKR_OK);
+    set_env("P11_KIT_SERVER_ADDRESS", None);
+}
+
+per_server! {
+    two_users => each_function_list_is_an_instance_stock, each_function_list_is_an_instance_p11fwd;
+}
+
 /// A server that answers the version byte and `C_Initialize`, then hangs up at once.
 fn hang_up_server(path: &std::path::Path) -> std::thread::JoinHandle<()> {
     let listener = UnixListener::bind(path).unwrap();
@@ -225,24 +301,9 @@ fn hang_up_server(path: &std::path::Path) -> std::thread::JoinHandle<()> {
 fn serve_then_hang_up(mut s: UnixStream) -> std::io::Result<()> {
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b)?;
-    s.write_all(&[0])?;
-    let mut h = [0u8; 12];
-    s.read_exact(&mut h)?;
-    let code = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-    let rest = u32::from_be_bytes([h[4], h[5], h[6], h[7]])
-        + u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-    let mut body = vec![0u8; rest as usize];
-    s.read_exact(&mut body)?;
+    let code = accept_request(&mut s)?;
     // Reply to C_Initialize (call 1, empty signature).
-    let mut reply = Vec::new();
-    reply.extend_from_slice(&code.to_be_bytes());
-    reply.extend_from_slice(&0u32.to_be_bytes());
-    reply.extend_from_slice(&8u32.to_be_bytes());
-    reply.extend_from_slice(&1u32.to_be_bytes());
-    reply.extend_from_slice(&0u32.to_be_bytes());
-    s.write_all(&reply)?;
+    send_reply(&mut s, code, &[0, 0, 0, 1, 0, 0, 0, 0])?;
     s.shutdown(std::net::Shutdown::Both)
 }
 

@@ -18,11 +18,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::ptr;
-use std::time::Duration;
 
-use common::{Kind, Lib, Server, arg, lock, mech, mech_with, openssl, set_env};
+use common::{Kind, Lib, Relayed, Rig, arg, input, lock, mech, mech_with, openssl, output};
 use cryptoki_sys::*;
-use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{Key, TestToken, artifacts, require_tool};
 
 fn token() -> TestToken {
@@ -34,45 +32,6 @@ fn token() -> TestToken {
         .build()
 }
 
-/// A server of `kind` behind a relay without delay that counts round trips, and the module
-/// initialised against the relay.
-struct Rig {
-    lib: Lib,
-    relay: Relay,
-    _server: Server,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    fn new(kind: Kind, token: &TestToken) -> Self {
-        let server = Server::start(kind, token);
-        let dir = tempfile::tempdir().unwrap();
-        let relay = Relay::start(
-            dir.path().join("relay.sock"),
-            server.socket(),
-            Duration::ZERO,
-        )
-        .unwrap();
-        set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
-        set_env("P11FWD_TIMEOUT", Some("20"));
-        let lib = Lib::ours();
-        assert_eq!(lib.init(), CKR_OK);
-        Self {
-            lib,
-            relay,
-            _server: server,
-            _dir: dir,
-        }
-    }
-
-    /// Round trips since the last call.
-    fn rt(&self) -> u64 {
-        let n = self.relay.stats().round_trips;
-        self.relay.reset_stats();
-        n
-    }
-}
-
 /// `C_Sign` into a buffer of `cap` bytes (NULL for `None`): (rv, length, signature).
 fn sign_raw(
     lib: &Lib,
@@ -80,26 +39,8 @@ fn sign_raw(
     data: &[u8],
     cap: Option<usize>,
 ) -> (CK_RV, u64, Vec<u8>) {
-    let mut sig = vec![0u8; cap.unwrap_or(0)];
-    let mut len = cap.unwrap_or(0) as CK_ULONG;
-    let buf = if cap.is_some() {
-        sig.as_mut_ptr()
-    } else {
-        ptr::null_mut()
-    };
-    let rv = call!(
-        lib,
-        C_Sign,
-        h,
-        data.as_ptr().cast_mut(),
-        data.len() as CK_ULONG,
-        buf,
-        &mut len
-    );
-    if rv == CKR_OK && cap.is_some() {
-        sig.truncate(len as usize);
-    }
-    (rv, len, sig)
+    let (d, dl) = input(data);
+    output(cap, |o, l| call!(lib, C_Sign, h, d, dl, o, l))
 }
 
 fn verify_ecdsa(token: &TestToken, digest: &[u8], raw: &[u8]) {
@@ -636,15 +577,11 @@ fn cryptoki_driven(kind: Kind) {
 
     let _g = lock();
     let token = token();
-    let server = Server::start(kind, &token);
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path().join("relay.sock"),
-        server.socket(),
-        Duration::ZERO,
-    )
-    .unwrap();
-    set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
+    let Relayed {
+        relay,
+        server: _server,
+        dir: _dir,
+    } = Relayed::start(kind, &token);
     let pkcs11 = Pkcs11::new(artifacts::client_module()).unwrap();
     pkcs11
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
@@ -713,14 +650,11 @@ fn cryptoki_signatures_p11fwd() {
 fn pkcs11_tool_sign(kind: Kind) {
     let _g = lock();
     let token = token();
-    let server = Server::start(kind, &token);
-    let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        dir.path().join("relay.sock"),
-        server.socket(),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let Relayed {
+        relay,
+        dir,
+        server: _server,
+    } = Relayed::start(kind, &token);
     let data = dir.path().join("data");
     std::fs::write(&data, [9u8; 32]).unwrap();
     let run = |module: &Path| {

@@ -10,7 +10,8 @@ use std::process::Command;
 
 use client_common::{mechanism_names, module, openssl, spki};
 use p11fwd_tests::{
-    AnyServer, P11Env, P11KIT_CLIENT_MODULE, Server, ServerKind, TestToken, require_tool,
+    AnyServer, ForwarderServer, P11Env, P11KIT_CLIENT_MODULE, Server, ServerKind, TestToken,
+    require_tool,
 };
 
 fn pkcs11_tool(env: &P11Env, module: &Path, args: &[&str]) -> Command {
@@ -392,13 +393,7 @@ fn gnutls_p11fwd_server() {
 fn p11kit_module_registration() {
     let token = TestToken::full();
     let server = AnyServer::start(ServerKind::Stock, &token);
-    let home = tempfile::tempdir().unwrap();
-    let modules = home.path().join(".config/pkcs11/modules");
-    std::fs::create_dir_all(&modules).unwrap();
-    let template = include_str!("../../conf/templates/p11fwd-client.module");
-    assert!(template.contains("@LIBDIR@/pkcs11/p11fwd-client.so"));
-    let text = template.replace("@LIBDIR@/pkcs11/p11fwd-client.so", &s(&module()));
-    std::fs::write(modules.join("p11fwd-client.module"), text).unwrap();
+    let (home, modules) = home_with_module_file();
     let env = server
         .p11env()
         .with("HOME", home.path())
@@ -418,8 +413,27 @@ fn p11kit_module_registration() {
             cmd
         }
     };
+    finds_the_token(&env, &token, registered);
+}
+
+/// A `HOME` holding the module file as the README's recipe installs it; returns it and its
+/// `.config/pkcs11/modules`.
+fn home_with_module_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let home = tempfile::tempdir().unwrap();
+    let modules = home.path().join(".config/pkcs11/modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    let template = include_str!("../../conf/templates/p11fwd-client.module");
+    assert!(template.contains("@LIBDIR@/pkcs11/p11fwd-client.so"));
+    let text = template.replace("@LIBDIR@/pkcs11/p11fwd-client.so", &s(&module()));
+    std::fs::write(modules.join("p11fwd-client.module"), text).unwrap();
+    (home, modules)
+}
+
+/// `p11-kit list-modules` and `p11tool` without `--provider` find the token through the
+/// registered module; `command` makes a program's command line.
+fn finds_the_token(env: &P11Env, token: &TestToken, command: impl Fn(&str, &[&str]) -> Command) {
     let listed = env
-        .run_ok(&mut registered("p11-kit", &["list-modules"]))
+        .run_ok(&mut command("p11-kit", &["list-modules"]))
         .stdout;
     let ours = format!("\n{listed}");
     let ours = ours
@@ -428,9 +442,71 @@ fn p11kit_module_registration() {
         .unwrap_or_else(|| panic!("p11fwd-client not registered:\n{listed}"));
     assert!(ours.contains("library-manufacturer: p11fwd"), "{ours}");
     assert!(ours.contains("token: p11fwd-test"), "{ours}");
-    env.run_ok(&mut registered(
+    env.run_ok(&mut command(
         "p11tool",
         &["--list-all", "--login", &token.uri()],
     ))
     .assert_stdout_contains("Label: ec-p256");
+}
+
+/// The `~/.config/pkcs11/modules` recipe exactly as the README gives it, for an unprivileged
+/// user: the module file in `$HOME/.config/pkcs11/modules`, then `p11-kit list-modules` and
+/// `p11tool` (no `--provider`) find the forwarded token. As root the programs run as `nobody`
+/// (`setpriv`, with a `HOME` of its own and `p11fwd server -u nobody` serving it); as any other
+/// user, as that user.
+#[test]
+fn p11kit_user_config_unprivileged() {
+    const NOBODY: u32 = 65534;
+    let token = TestToken::full();
+    let root = rustix::process::getuid().is_root();
+    let mut server = ForwarderServer::builder(&token);
+    if root {
+        server = server.args(["-u", "nobody"]);
+    }
+    let server = server.start();
+    let (home, _) = home_with_module_file();
+    if root {
+        use std::os::unix::fs::PermissionsExt;
+        // nobody reaches the socket (the server lets uid nobody in) and owns its HOME.
+        let socket_dir = server.socket_path().parent().unwrap();
+        std::fs::set_permissions(socket_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        for entry in walk(home.path()) {
+            std::os::unix::fs::chown(&entry, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+    }
+    let env = server
+        .p11env()
+        .with("HOME", home.path())
+        .with("GNUTLS_PIN", token.user_pin());
+    let as_user = |program: &str, args: &[&str]| {
+        let mut cmd;
+        if root {
+            cmd = env.command(require_tool("setpriv"));
+            cmd.args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(require_tool(program));
+        } else {
+            cmd = env.command(require_tool(program));
+        }
+        cmd.args(args);
+        cmd
+    };
+    finds_the_token(&env, &token, as_user);
+}
+
+/// `dir` and everything below it.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut all = vec![dir.to_path_buf()];
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            all.extend(walk(&e.unwrap().path()));
+        }
+    }
+    all
 }

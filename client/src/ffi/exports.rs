@@ -14,7 +14,7 @@ use super::{
     ck_slot_info, ck_token_info, in_bytes, in_opt_bytes, in_template, init_args, mechanism,
     out_template,
 };
-use crate::boundary::{entry, guard};
+use crate::boundary::{Instance, entry, guard};
 use crate::functions::{crypto, general, message, object, session};
 use crate::state;
 use crate::{Result, rv};
@@ -28,12 +28,20 @@ fn info(p_info: *mut CK_INFO, cryptoki: (u8, u8)) -> Result<()> {
     Ok(())
 }
 
-/// `C_GetInfo` in the 2.40 function list: reports Cryptoki 2.40.
-pub(super) unsafe extern "C" fn get_info_2_40(p_info: *mut CK_INFO) -> CK_RV {
-    guard("C_GetInfo", || info(p_info, (2, 40)))
+impl<const I: usize> Instance<I> {
+    /// `C_GetInfo` in the 2.40 function list of instance `I`: reports Cryptoki 2.40.
+    ///
+    /// # Safety
+    ///
+    /// `p_info` is NULL or valid for writing a `CK_INFO`.
+    pub(super) unsafe extern "C" fn get_info_2_40(p_info: *mut CK_INFO) -> CK_RV {
+        state::with_instance(I, || guard("C_GetInfo", || info(p_info, (2, 40))))
+    }
 }
 
 entry! {
+    per_instance;
+
     /// `C_Initialize` (PKCS#11 §5.4; argument rules of rpc §8, see `general::initialize`).
     fn C_Initialize(pInitArgs: *mut c_void) {
         // SAFETY: pInitArgs is NULL or a CK_C_INITIALIZE_ARGS (caller contract).

@@ -4,12 +4,12 @@
 //! Output buffers follow PKCS#11 §5.2 through [`OutBytes`] and `OutCap`: a NULL buffer is a
 //! size query, a short buffer gets `CKR_BUFFER_TOO_SMALL` with the size needed (the operation
 //! stays active), and a non-NULL zero-length buffer is sent as such (`0xFFFFFFFF`) to 0.25+
-//! servers and emulated for 0.24 ones (rpc §4, §12 client 3).
+//! servers; for 0.24 ones the size is asked first ([`size_first`], rpc §4, §12 client 3).
 
 use cryptoki_sys::{CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CKR_ARGUMENTS_BAD, CKR_GENERAL_ERROR};
 use p11fwd_wire::client::{OutCap, Output, parse, req};
 use p11fwd_wire::message::Request;
-use p11fwd_wire::{CallId, Mechanism, Rv};
+use p11fwd_wire::{CallId, Dialect, Mechanism, Rv};
 
 use crate::attrs::{self, local};
 use crate::ffi::{InAttr, MAX_OUTPUT, OutBytes, OutFixed};
@@ -205,7 +205,7 @@ fn output_call(
     call: CallId,
     h: CK_SESSION_HANDLE,
     out: OutBytes<'_>,
-    build: impl FnOnce(&Tx<'_>, u64, OutCap) -> Request,
+    build: impl Fn(&Tx<'_>, u64, OutCap) -> Request,
 ) -> Result<()> {
     let cap = out.cap();
     let step = Step::of(call);
@@ -224,7 +224,9 @@ fn output_call(
     }
     let uses = step.map_or(OpSet::NONE, Step::uses);
     let got = m.session_tx(h, uses, fetch, |tx, s| {
-        tx.call(&build(tx, s, cap)).and_then(parse::output)
+        size_first(tx.dialect(), cap, |cap| {
+            tx.call(&build(tx, s, cap)).and_then(parse::output)
+        })
     });
     if let Some(Step::Once(op) | Step::Update(op)) = step {
         let outcome = got
@@ -236,6 +238,27 @@ fn output_call(
         }
     }
     out.put(got?)
+}
+
+/// Sends a call with an output buffer through `send`. A version-0 server cannot be told "a
+/// buffer of length 0" (`fy = 0` is a size query there, rpc §4), and the 1-byte buffer that
+/// stands in for it would take a 1-byte result: the token would end the operation while the
+/// caller is told `CKR_BUFFER_TOO_SMALL`, and the data would be lost. So the size is asked
+/// first: a size other than 0 is the caller's `CKR_BUFFER_TOO_SMALL` (the operation stays
+/// active, as with the token itself); an empty result is then fetched through the 1-byte buffer,
+/// which ends the operation as the call should.
+pub(crate) fn size_first(
+    dialect: Dialect,
+    cap: OutCap,
+    mut send: impl FnMut(OutCap) -> p11fwd_wire::Result<Output>,
+) -> p11fwd_wire::Result<Output> {
+    if cap == OutCap::Buffer(0)
+        && !dialect.has_zero_length_marker()
+        && let Output::Size(n @ 1..) = send(OutCap::Query)?
+    {
+        return Ok(Output::Size(n));
+    }
+    send(cap)
 }
 
 /// A one-input, one-output call (`uayfy` → `ay`): Encrypt, Decrypt, Digest, Sign, the
@@ -367,7 +390,11 @@ pub(crate) fn wrap_key(
 ) -> Result<()> {
     let mech = required(mech)?;
     let cap = out.cap();
-    let got = m.session_call(h, |c, s| c.wrap_key(s, mech, wrapping_key, key, cap))?;
+    let got = m.session_call(h, |c, s| {
+        size_first(c.dialect(), cap, |cap| {
+            c.wrap_key(s, mech.clone(), wrapping_key, key, cap)
+        })
+    })?;
     out.put(got)
 }
 

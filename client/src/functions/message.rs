@@ -3,16 +3,22 @@
 //! They are forwarded when the server's generation knows them (0.25+); against a 0.24 server
 //! the transport refuses them locally with `CKR_FUNCTION_NOT_SUPPORTED` (an unknown call id
 //! would make that server drop the connection). As in p11-kit, the per-message parameter
-//! crosses as its raw native bytes: pointers inside it are meaningless to the server, and what
-//! the token writes back into it (a GCM tag, a generated IV) is not returned (rpc §6).
+//! crosses as its raw native bytes (rpc §6): what the token writes back into it is not
+//! returned. So that our pointer values never reach a server inside those bytes, the message
+//! operations of the mechanisms whose per-message parameters are pointer structures (AES-GCM,
+//! AES-CCM, ChaCha20/Salsa20-Poly1305) are refused at their Init with
+//! `CKR_MECHANISM_PARAM_INVALID`; those of vendor mechanisms, whose layout we cannot know, are
+//! forwarded as bytes.
 
-use cryptoki_sys::{CK_FLAGS, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CKR_ARGUMENTS_BAD};
+use cryptoki_sys::{
+    CK_FLAGS, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CKR_ARGUMENTS_BAD, CKR_MECHANISM_PARAM_INVALID,
+};
 use p11fwd_wire::client::OutCap;
 use p11fwd_wire::{CallId, Mechanism};
 
 use crate::ffi::OutBytes;
 use crate::state::Module;
-use crate::{Result, rv};
+use crate::{Result, mech, rv};
 
 /// `C_MessageEncryptInit`, `C_MessageDecryptInit`, `C_MessageSignInit`, `C_MessageVerifyInit`.
 pub(crate) fn init(
@@ -23,6 +29,13 @@ pub(crate) fn init(
     key: CK_OBJECT_HANDLE,
 ) -> Result<()> {
     let mech = mech.ok_or(rv(CKR_ARGUMENTS_BAD))?;
+    // Per-message parameters with pointers cannot cross (module docs); refused without a round
+    // trip. A server that lacks the message functions (0.24) still gets
+    // CKR_FUNCTION_NOT_SUPPORTED from the transport.
+    if mech::pointer_message_params(mech.ty) && m.dialect().is_some_and(|d| d.knows(call)) {
+        m.check_session(h)?;
+        return Err(rv(CKR_MECHANISM_PARAM_INVALID));
+    }
     m.session_call(h, |c, s| match call {
         CallId::MessageEncryptInit => c.message_encrypt_init(s, mech, key),
         CallId::MessageDecryptInit => c.message_decrypt_init(s, mech, key),

@@ -10,6 +10,7 @@ use p11fwd_wire::info::SessionInfo;
 use p11fwd_wire::message::Request;
 
 use crate::ffi::OutBytes;
+use crate::functions::crypto::size_first;
 use crate::functions::scrub;
 use crate::pipeline::{Event, OpSet};
 use crate::state::Module;
@@ -135,8 +136,10 @@ pub(crate) fn logout(m: &Module, h: CK_SESSION_HANDLE) -> Result<()> {
 pub(crate) fn operation_state(m: &Module, h: CK_SESSION_HANDLE, out: OutBytes<'_>) -> Result<()> {
     let cap = out.cap();
     let got = m.session_tx(h, OpSet::NONE, None, |tx, s| {
-        tx.call(&req::get_operation_state(tx.dialect(), s, cap))
-            .and_then(parse::output)
+        size_first(tx.dialect(), cap, |cap| {
+            tx.call(&req::get_operation_state(tx.dialect(), s, cap))
+                .and_then(parse::output)
+        })
     })?;
     out.put(got)
 }

@@ -14,6 +14,7 @@
 
 use std::ffi::c_void;
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki_sys::*;
+use p11fwd_tests::relay::Relay;
 use p11fwd_tests::{TestToken, artifacts, percent_encode, require_tool};
 use tempfile::TempDir;
 
@@ -194,6 +196,88 @@ impl Drop for Server {
     }
 }
 
+/// A server of `kind` behind a relay without delay that counts round trips, with
+/// `P11FWD_SERVER_ADDRESS` pointing at the relay.
+pub struct Relayed {
+    /// The relay.
+    pub relay: Relay,
+    /// The server.
+    pub server: Server,
+    /// A temporary directory (the relay's socket is in it).
+    pub dir: TempDir,
+}
+
+impl Relayed {
+    /// Start both.
+    pub fn start(kind: Kind, token: &TestToken) -> Self {
+        let server = Server::start(kind, token);
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::start(
+            dir.path().join("relay.sock"),
+            server.socket(),
+            Duration::ZERO,
+        )
+        .unwrap();
+        set_env("P11FWD_SERVER_ADDRESS", Some(&relay.address()));
+        Self { relay, server, dir }
+    }
+}
+
+/// [`Relayed`] and the module initialised against the relay.
+pub struct Rig {
+    /// The module.
+    pub lib: Lib,
+    /// The relay.
+    pub relay: Relay,
+    _rest: (Server, TempDir),
+}
+
+impl Rig {
+    /// Start it.
+    pub fn new(kind: Kind, token: &TestToken) -> Self {
+        let Relayed { relay, server, dir } = Relayed::start(kind, token);
+        set_env("P11FWD_TIMEOUT", Some("20"));
+        let lib = Lib::ours();
+        assert_eq!(lib.init(), CKR_OK);
+        Self {
+            lib,
+            relay,
+            _rest: (server, dir),
+        }
+    }
+
+    /// Round trips since the last call.
+    pub fn rt(&self) -> u64 {
+        let n = self.relay.stats().round_trips;
+        self.relay.reset_stats();
+        n
+    }
+}
+
+/// A fake server's side of the protocol: answer the version byte with 0, then read one request
+/// frame; returns its message code (to reply with).
+pub fn accept_request(s: &mut UnixStream) -> std::io::Result<u32> {
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    s.write_all(&[0])?;
+    let mut h = [0u8; 12];
+    s.read_exact(&mut h)?;
+    let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let mut rest = vec![0u8; (word(4) + word(8)) as usize];
+    s.read_exact(&mut rest)?;
+    Ok(word(0))
+}
+
+/// Write a reply frame with message `code`, no options, and `body` (call id, signature, values).
+pub fn send_reply(s: &mut UnixStream, code: u32, body: &[u8]) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(12 + body.len());
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(&0u32.to_be_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    s.write_all(&frame)
+}
+
 /// Both server kinds (the forwarder is part of the workspace build).
 pub const KINDS: [Kind; 2] = [Kind::Stock, Kind::Fwd];
 
@@ -202,6 +286,23 @@ pub type Ck<T> = Result<T, CK_RV>;
 
 fn ck(rv: CK_RV) -> Ck<()> {
     if rv == CKR_OK { Ok(()) } else { Err(rv) }
+}
+
+/// One `#[test]` per server kind for each test body `fn(Kind)`:
+/// `per_server! { body => stock_test_name, p11fwd_test_name; ... }`.
+#[macro_export]
+macro_rules! per_server {
+    ($($body:ident => $stock:ident, $fwd:ident;)*) => {$(
+        #[test]
+        fn $stock() {
+            $body($crate::common::Kind::Stock);
+        }
+
+        #[test]
+        fn $fwd() {
+            $body($crate::common::Kind::Fwd);
+        }
+    )*};
 }
 
 /// A loaded PKCS#11 module and its 3.0 function list.
@@ -234,13 +335,24 @@ impl Lib {
         Self::load(Path::new(p11fwd_tests::P11KIT_CLIENT_MODULE))
     }
 
+    /// `libp11fwd_client.so`'s 2.40 list, from `C_GetFunctionList` (only the 2.40 functions of
+    /// `f` may be used).
+    pub fn ours_2_40() -> Self {
+        Self::load_with(&artifacts::client_module(), false)
+    }
+
     /// Load a module; uses `C_GetInterface` when present, else `C_GetFunctionList`.
     pub fn load(path: &Path) -> Self {
+        Self::load_with(path, true)
+    }
+
+    fn load_with(path: &Path, interface: bool) -> Self {
         // SAFETY: loading a PKCS#11 module; its initialisers are trusted test subjects.
         let lib = unsafe { libloading::Library::new(path) }.unwrap();
         // SAFETY: the standard PKCS#11 entry points, with their C signatures.
         let get_interface = unsafe { lib.get::<CK_C_GetInterface>(b"C_GetInterface\0") };
-        let list: *mut c_void = match get_interface.ok().and_then(|f| *f) {
+        let get_interface = get_interface.ok().and_then(|f| *f).filter(|_| interface);
+        let list: *mut c_void = match get_interface {
             Some(get) => {
                 let mut iface: *mut CK_INTERFACE = ptr::null_mut();
                 // SAFETY: NULL name and version ask for the default interface.
@@ -272,6 +384,17 @@ impl Lib {
         let name = format!("{name}\0");
         // SAFETY: the caller names the right type for the symbol.
         *unsafe { self.lib.get::<T>(name.as_bytes()) }.unwrap()
+    }
+
+    /// SoftHSM itself, loaded in this process for `token` and initialised: the reference the
+    /// module's answers are compared with. `SOFTHSM2_CONF` is set only while SoftHSM reads it
+    /// (callers hold [`lock`]).
+    pub fn softhsm(token: &TestToken) -> Self {
+        set_env("SOFTHSM2_CONF", Some(&arg(token.conf_path())));
+        let lib = Self::load(token.module_path());
+        assert_eq!(lib.init(), CKR_OK);
+        set_env("SOFTHSM2_CONF", None);
+        lib
     }
 
     /// `C_Initialize` with `CKF_OS_LOCKING_OK`.
@@ -489,6 +612,34 @@ impl Lib {
     }
 }
 
+/// Runs a call that writes bytes and their length (`pOut, pulOutLen`) with a buffer of `cap`
+/// bytes (`None`: a NULL buffer, a size query); returns the CK_RV, the length the call set and
+/// the bytes it wrote (none unless `CKR_OK`).
+pub fn output(
+    cap: Option<usize>,
+    f: impl FnOnce(*mut u8, &mut CK_ULONG) -> CK_RV,
+) -> (CK_RV, CK_ULONG, Vec<u8>) {
+    let mut buf = vec![0u8; cap.unwrap_or(0)];
+    let mut len = cap.unwrap_or(0) as CK_ULONG;
+    let p = if cap.is_some() {
+        buf.as_mut_ptr()
+    } else {
+        ptr::null_mut()
+    };
+    let rv = f(p, &mut len);
+    buf.truncate(if rv == CKR_OK && cap.is_some() {
+        len as usize
+    } else {
+        0
+    });
+    (rv, len, buf)
+}
+
+/// An input byte array as the C API takes it.
+pub fn input(b: &[u8]) -> (*mut u8, CK_ULONG) {
+    (b.as_ptr().cast_mut(), b.len() as CK_ULONG)
+}
+
 /// A mechanism without a parameter.
 pub fn mech(ty: CK_MECHANISM_TYPE) -> CK_MECHANISM {
     CK_MECHANISM {
@@ -527,6 +678,11 @@ pub fn openssl(args: &[&str], data: &[u8], sig: &[u8]) -> Vec<u8> {
     }
     p11fwd_tests::run_ok(&mut cmd);
     std::fs::read(&o).unwrap_or_default()
+}
+
+/// Lower-case hex, as `openssl -K/-iv` want it.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A path as a string argument.
