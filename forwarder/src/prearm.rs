@@ -100,6 +100,15 @@ impl Inner {
     fn pool(&mut self, what: &Armed) -> Option<&mut Pool> {
         self.pools.iter_mut().find(|p| p.what == *what)
     }
+
+    /// Take the idle spares of `token` out of their pools (to be closed).
+    fn drain_idle(&mut self, token: TokenKey) -> Vec<u64> {
+        self.pools
+            .iter_mut()
+            .filter(|p| p.what.token == token)
+            .flat_map(|p| p.idle.drain(..).map(|(s, _)| s))
+            .collect()
+    }
 }
 
 enum Job {
@@ -429,12 +438,7 @@ impl Prearm {
             *inner.epochs.entry(token).or_default() += 1;
             inner.refused.retain(|r| r.0 != token);
             inner.always_auth.retain(|r, _| r.0 != token);
-            inner
-                .pools
-                .iter_mut()
-                .filter(|p| p.what.token == token)
-                .flat_map(|p| p.idle.drain(..).map(|(s, _)| s))
-                .collect()
+            inner.drain_idle(token)
         };
         close_all(modules, token, &idle);
     }
@@ -448,12 +452,7 @@ impl Prearm {
         let idle: Vec<u64> = {
             let mut inner = self.core.inner();
             inner.roomy.insert(token, false);
-            inner
-                .pools
-                .iter_mut()
-                .filter(|p| p.what.token == token)
-                .flat_map(|p| p.idle.drain(..).map(|(s, _)| s))
-                .collect()
+            inner.drain_idle(token)
         };
         close_all(modules, token, &idle);
         !idle.is_empty()

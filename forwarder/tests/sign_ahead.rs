@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FwdExt, find_one, rv_of, session};
+use common::{FwdExt, assert_no_module_sessions, find_one, rv_of, session};
 use p11fwd_tests::{ForwarderServer, Key, TestToken};
 use p11fwd_wire::CallId;
 use p11fwd_wire::client::{Client, OutCap, Output, req};
@@ -30,6 +30,20 @@ fn on_spares(fwd: &ForwarderServer) -> usize {
 
 fn pin(t: &TestToken) -> Option<&[u8]> {
     Some(t.user_pin().as_bytes())
+}
+
+/// A forwarder for a token with `keys`, and a logged-in client with a session.
+fn logged_in(keys: &[Key]) -> (TestToken, ForwarderServer, Client, u64) {
+    let mut b = TestToken::builder();
+    for k in keys {
+        b = b.with(*k);
+    }
+    let token = b.build();
+    let fwd = start(&token, &[]);
+    let c = fwd.client(2);
+    let s = session(&c);
+    c.login(s, CKU_USER, pin(&token)).unwrap();
+    (token, fwd, c, s)
 }
 
 fn data(r: p11fwd_wire::Result<Output>) -> Vec<u8> {
@@ -73,14 +87,7 @@ fn until_on_spares(fwd: &ForwarderServer, mut sign: impl FnMut()) {
 
 #[test]
 fn repeated_signatures_run_on_spares_and_verify() {
-    let token = TestToken::builder()
-        .with(Key::EcP256)
-        .with(Key::Rsa2048)
-        .build();
-    let fwd = start(&token, &[]);
-    let c = fwd.client(2);
-    let s = session(&c);
-    c.login(s, CKU_USER, pin(&token)).unwrap();
+    let (_token, fwd, c, s) = logged_in(&[Key::EcP256, Key::Rsa2048]);
     let pss = Mechanism::with(
         CKM_RSA_PKCS_PSS,
         MechParam::RsaPkcsPss {
@@ -140,14 +147,7 @@ fn repeated_signatures_run_on_spares_and_verify() {
 
 #[test]
 fn other_calls_find_the_operation_on_their_own_session() {
-    let token = TestToken::builder()
-        .with(Key::EcP256)
-        .with(Key::Rsa2048)
-        .build();
-    let fwd = start(&token, &[]);
-    let c = fwd.client(2);
-    let s = session(&c);
-    c.login(s, CKU_USER, pin(&token)).unwrap();
+    let (_token, fwd, c, s) = logged_in(&[Key::EcP256, Key::Rsa2048]);
     let key = find_one(&c, s, "rsa2048", CKO_PRIVATE_KEY);
     let public = find_one(&c, s, "rsa2048", CKO_PUBLIC_KEY);
     let m = Mechanism::new(CKM_SHA256_RSA_PKCS);
@@ -224,19 +224,7 @@ fn nothing_armed_outlives_the_login() {
     }
     // The module's session count is back to zero (SoftHSM refuses C_InitToken otherwise):
     // the spares were closed with the login.
-    let label = p11fwd_wire::info::padded::<32>(token.label());
-    let mut last = None;
-    for _ in 0..500 {
-        match watcher.init_token(0x11, Some(token.so_pin().as_bytes()), &label) {
-            Ok(()) => return,
-            Err(e) if e.rv().0 == CKR_SESSION_EXISTS => {
-                last = Some(e);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("C_InitToken: {e}"),
-        }
-    }
-    panic!("sessions still open in the module: {last:?}\n{}", fwd.log());
+    assert_no_module_sessions(&watcher, &token);
 }
 
 #[test]
@@ -298,11 +286,7 @@ fn a_changed_or_destroyed_key_is_never_signed_with_ahead() {
 
 #[test]
 fn keys_that_need_a_login_per_signature_are_not_armed() {
-    let token = TestToken::builder().with(Key::RsaAlwaysAuth).build();
-    let fwd = start(&token, &[]);
-    let c = fwd.client(2);
-    let s = session(&c);
-    c.login(s, CKU_USER, pin(&token)).unwrap();
+    let (token, fwd, c, s) = logged_in(&[Key::RsaAlwaysAuth]);
     let key = find_one(&c, s, "rsa-always-auth", CKO_PRIVATE_KEY);
     let m = Mechanism::new(CKM_SHA256_RSA_PKCS);
     for _ in 0..5 {
