@@ -72,6 +72,11 @@ pub struct ServerArgs {
         value_parser = parse_vendor_mechanism
     )]
     pub pass_raw_params: Vec<u64>,
+    /// Spare sessions per key and mechanism on which the next `C_SignInit` is done ahead, so
+    /// that a signature waits only for `C_Sign` (0: off).
+    #[arg(long = "sign-ahead", value_name = "N", default_value_t = crate::prearm::DEFAULT_PER_KEY,
+          value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub sign_ahead: u8,
     /// The tokens to serve (`pkcs11:` URIs, e.g. `pkcs11:token=mine`; `pkcs11:` is every token).
     #[arg(value_name = "URI")]
     pub uris: Vec<String>,
@@ -390,7 +395,9 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
                 return Err(e);
             }
         };
-        let shared = Arc::new(Shared::new(modules, uris, raw_params));
+        let shared = Arc::new(
+            Shared::new(modules, uris, raw_params).with_sign_ahead(args.sign_ahead.into()),
+        );
         let r = serve(listener, shared, config, || {
             print!("{}", start_snippet(syntax, &address, std::process::id()));
             std::io::stdout().flush()?;
@@ -442,7 +449,9 @@ pub fn run(args: ServerArgs) -> Result<ExitCode> {
                 .open("/dev/null")?;
             rustix::stdio::dup2_stdin(&devnull)?;
             rustix::stdio::dup2_stdout(&devnull)?;
-            let shared = Arc::new(Shared::new(modules, uris, raw_params));
+            let shared = Arc::new(
+                Shared::new(modules, uris, raw_params).with_sign_ahead(args.sign_ahead.into()),
+            );
             let r = serve(listener, shared, config, move || {
                 let _ = ready_w.write_all(b"ok");
                 drop(ready_w);

@@ -19,7 +19,10 @@ use zeroize::Zeroizing;
 use crate::module::{
     InOnly, InOut, InitKind, NativeMechanism, NativeTemplate, OutBuf, OutOnly, OutTemplate,
 };
-use crate::state::{Conn, FIRST_SLOT, ObjEntry, PinHash, SessionEntry, Shared, TokenKey, lock};
+use crate::prearm::{self, Armed, Bound};
+use crate::state::{
+    Conn, FIRST_SLOT, ObjEntry, PinHash, SessionEntry, Shared, TokenKey, lock, ops,
+};
 
 /// The handshake string of RPC `C_Initialize` (rpc §6, id 1).
 pub const HANDSHAKE: &[u8] = b"PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1";
@@ -33,7 +36,7 @@ const MAX_ATTR_OUT: usize = 16 << 20;
 /// Handle one request and build its reply.
 pub(crate) fn dispatch(shared: &Shared, conn: &Mutex<Conn>, req: &Request) -> Reply {
     let cx = Cx { shared, conn };
-    match cx.handle(req) {
+    match cx.run(req) {
         Ok(args) => Reply::Ok {
             call: req.call,
             args,
@@ -288,6 +291,10 @@ impl Cx<'_> {
     /// Close one of the connection's sessions; its last session on a token also ends its login.
     fn close_session(&self, vs: u64, s: SessionEntry) -> Result<(), Rv> {
         let lib = self.lib(s.token)?;
+        let bound = lock(self.conn)?.bound.remove(&vs);
+        if let Some(b) = bound {
+            self.shared.prearm.release(b, &self.shared.modules);
+        }
         let (last, logged_in, conn_id) = {
             let c = lock(self.conn)?;
             let last = c.sessions_on(s.token).len() == 1;
@@ -314,6 +321,7 @@ impl Cx<'_> {
         let mut st = lock(&state)?;
         if st.conns.remove(&conn_id) && st.conns.is_empty() {
             st.pin = None;
+            self.shared.prearm.invalidate(token, &self.shared.modules);
             match self.lib(token)?.logout(real_session) {
                 Ok(()) | Err(Rv(CKR_USER_NOT_LOGGED_IN)) => {}
                 Err(e) => return Err(e),
@@ -378,6 +386,7 @@ impl Cx<'_> {
                 Err(Rv(CKR_USER_ALREADY_LOGGED_IN)) => {
                     // Left over from outside our bookkeeping: start from a clean state so the
                     // PIN is really checked.
+                    self.shared.prearm.invalidate(s.token, &self.shared.modules);
                     let _ = lib.logout(s.real);
                     module_login(pin)?;
                 }
@@ -414,18 +423,183 @@ impl Cx<'_> {
     }
 
     fn init_op(&self, kind: InitKind, a: &A<'_>, with_key: bool) -> Result<Vec<Arg>, Rv> {
-        let s = self.session(a.u(0)?)?;
+        let vs = a.u(0)?;
+        let s = self.session(vs)?;
         let key = if with_key {
             self.object(&s, a.u(2)?, CKR_KEY_HANDLE_INVALID)?
         } else {
             0
         };
+        let ahead = match a.mech(1)? {
+            Some(m) if kind == InitKind::Sign => self.sign_ahead(vs, &s, a.u(2)?, key, m)?,
+            _ => None,
+        };
+        if let Some(Ok(b)) = ahead {
+            // A spare already did this C_SignInit: the module accepted it.
+            self.conn()?.bound.insert(vs, b);
+            return Ok(vec![]);
+        }
         let mut m = match a.mech(1)? {
             Some(m) => Some(self.mechanism(&s, m)?),
             None => None,
         };
         self.lib(s.token)?.init(kind, s.real, m.as_mut(), key)?;
+        if let Some(Err(what)) = ahead {
+            self.shared.prearm.want(&what, &self.shared.modules);
+        }
         Ok(vec![])
+    }
+
+    /// For a C_SignInit that may be done ahead: `Ok(bound)` with a spare armed for it, else
+    /// `Err(what)` to arm spares for once the client's own C_SignInit succeeded; `None` if
+    /// it may not (see `crate::prearm`).
+    fn sign_ahead(
+        &self,
+        vs: u64,
+        s: &SessionEntry,
+        vkey: u64,
+        key: u64,
+        m: &Mechanism,
+    ) -> Result<Option<Result<Bound, Armed>>, Rv> {
+        let p = &self.shared.prearm;
+        if !p.enabled() || !prearm::eligible(m) {
+            return Ok(None);
+        }
+        {
+            let c = self.conn()?;
+            let token_object = c
+                .object(vkey, s.token, CKR_KEY_HANDLE_INVALID)?
+                .session
+                .is_none();
+            let idle = c.sessions.get(&vs).is_some_and(|e| e.ops == 0);
+            if !(token_object && idle && c.is_logged_in(s.token)) {
+                return Ok(None);
+            }
+        }
+        let what = Armed {
+            token: s.token,
+            key,
+            mech: m.clone(),
+        };
+        Ok(Some(p.take(&what, &self.shared.modules).ok_or(what)))
+    }
+
+    /// Run `req`: on a bound session, C_Sign runs on the spare and anything else first moves
+    /// the signing operation back to the client's session.
+    fn run(&self, req: &Request) -> Result<Vec<Arg>, Rv> {
+        let vs = session_of(req);
+        if let Some(vs) = vs
+            && req.call != CallId::CloseSession
+            && self.shared.prearm.enabled()
+        {
+            let bound = lock(self.conn)?.bound.remove(&vs);
+            if let Some(b) = bound {
+                if req.call == CallId::Sign && self.shared.prearm.current(&b) {
+                    return self.sign_bound(vs, b, req);
+                }
+                let moved = self.unbind(vs, b);
+                if let Err(rv) = moved
+                    && matches!(
+                        req.call,
+                        CallId::Sign | CallId::SignUpdate | CallId::SignFinal
+                    )
+                {
+                    return Err(rv);
+                }
+            }
+        }
+        let r = self.handle(req);
+        if let Some(vs) = vs {
+            self.track(vs, req, &r);
+        }
+        r
+    }
+
+    /// C_Sign of a bound session, on its spare.
+    fn sign_bound(&self, vs: u64, b: Bound, req: &Request) -> Result<Vec<Arg>, Rv> {
+        let a = A(&req.args);
+        let r = match (self.lib(b.what.token), a.data(1), a.fy(2)) {
+            (Ok(lib), Ok(data), Ok(out)) => lib.in_out(InOut::Sign, b.spare, data, out),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        };
+        if matches!(r, Ok(ByteArray::Length(_))) {
+            // A size query, or a buffer too small: the operation goes on.
+            lock(self.conn)?.bound.insert(vs, b);
+        } else {
+            tracing::debug!(target: "p11fwd::prearm", session = vs, "signed on a spare");
+            self.shared.prearm.finished(b, &self.shared.modules);
+        }
+        Ok(vec![Arg::ByteArray(r?)])
+    }
+
+    /// Move a bound session's operation to its own session: C_SignInit there with what the
+    /// spare was initialised for, and the spare goes back to its pool unused.
+    fn unbind(&self, vs: u64, b: Bound) -> Result<(), Rv> {
+        let r = (|| {
+            let s = self.session(vs)?;
+            let mut m = prearm::native(&b.what.mech)?;
+            self.lib(s.token)?
+                .init(InitKind::Sign, s.real, Some(&mut m), b.what.key)?;
+            if let Some(e) = self.conn()?.sessions.get_mut(&vs) {
+                e.ops |= ops::SIGN;
+            }
+            Ok(())
+        })();
+        self.shared.prearm.release(b, &self.shared.modules);
+        r
+    }
+
+    /// Note which operations a call on session `vs` started or ended (`SessionEntry::ops`).
+    fn track(&self, vs: u64, req: &Request, r: &Result<Vec<Arg>, Rv>) {
+        use ops::*;
+        let ok = r.is_ok();
+        // An output call ended its operation unless it only answered a size.
+        let ended = match r {
+            Ok(args) => !matches!(args.first(), Some(Arg::ByteArray(ByteArray::Length(_)))),
+            Err(_) => true,
+        };
+        let init = |bit: u16| match req.args.get(1) {
+            _ if !ok => (0, 0),
+            Some(Arg::Mechanism(None)) => (0, bit),
+            _ => (bit, 0),
+        };
+        let end_if = |bit: u16, yes: bool| if yes { (0, bit) } else { (0, 0) };
+        let (set, clear) = match req.call {
+            CallId::FindObjectsInit => (if ok { FIND } else { 0 }, 0),
+            CallId::FindObjectsFinal => end_if(FIND, ok),
+            CallId::EncryptInit => init(ENCRYPT),
+            CallId::DecryptInit => init(DECRYPT),
+            CallId::DigestInit => init(DIGEST),
+            CallId::SignInit => init(SIGN),
+            CallId::VerifyInit => init(VERIFY),
+            CallId::SignRecoverInit => init(SIGN_RECOVER),
+            CallId::VerifyRecoverInit => init(VERIFY_RECOVER),
+            CallId::Encrypt | CallId::EncryptFinal => end_if(ENCRYPT, ended),
+            CallId::Decrypt | CallId::DecryptFinal => end_if(DECRYPT, ended),
+            CallId::Digest | CallId::DigestFinal => end_if(DIGEST, ended),
+            CallId::Sign | CallId::SignFinal => end_if(SIGN, ended),
+            CallId::SignRecover => end_if(SIGN_RECOVER, ended),
+            CallId::VerifyRecover => end_if(VERIFY_RECOVER, ended),
+            CallId::Verify | CallId::VerifyFinal => (0, VERIFY),
+            CallId::EncryptUpdate => end_if(ENCRYPT, !ok),
+            CallId::DecryptUpdate => end_if(DECRYPT, !ok),
+            CallId::DigestUpdate | CallId::DigestKey => end_if(DIGEST, !ok),
+            CallId::SignUpdate => end_if(SIGN, !ok),
+            CallId::VerifyUpdate => end_if(VERIFY, !ok),
+            CallId::SetOperationState => (if ok { UNKNOWN } else { 0 }, 0),
+            _ => return,
+        };
+        if let Ok(mut c) = lock(self.conn) {
+            // A C_SignInit answered by a spare left the client's own session alone.
+            let set = if c.bound.contains_key(&vs) {
+                set & !SIGN
+            } else {
+                set
+            };
+            if let Some(e) = c.sessions.get_mut(&vs) {
+                e.ops = (e.ops | set) & !clear;
+            }
+        }
     }
 
     fn in_out(&self, kind: InOut, a: &A<'_>) -> Result<Vec<Arg>, Rv> {
@@ -540,13 +714,22 @@ impl Cx<'_> {
                     return Err(Rv(CKR_TOKEN_WRITE_PROTECTED));
                 }
                 let lib = self.lib(e.token)?;
-                let real = lib.open_session(e.token.slot, flags)?;
+                let real = match lib.open_session(e.token.slot, flags) {
+                    Err(Rv(CKR_SESSION_COUNT))
+                        if self.shared.prearm.make_room(e.token, &self.shared.modules) =>
+                    {
+                        // Our spares took the token's last sessions: they go, the client gets one.
+                        lib.open_session(e.token.slot, flags)?
+                    }
+                    r => r?,
+                };
                 let added = self.conn().and_then(|mut c| {
                     c.add_session(SessionEntry {
                         slot: i,
                         token: e.token,
                         real,
                         rw,
+                        ops: 0,
                     })
                 });
                 match added {
@@ -668,8 +851,13 @@ impl Cx<'_> {
             CallId::DestroyObject => {
                 let s = self.session(a.u(0)?)?;
                 let v = a.u(1)?;
-                let obj = self.object(&s, v, CKR_OBJECT_HANDLE_INVALID)?;
+                let e = self.conn()?.object(v, s.token, CKR_OBJECT_HANDLE_INVALID)?;
+                let obj = e.real;
                 self.lib(s.token)?.destroy_object(s.real, obj)?;
+                if e.session.is_none() {
+                    // Spares may be armed with it.
+                    self.shared.prearm.invalidate(s.token, &self.shared.modules);
+                }
                 self.conn()?.remove_object(v);
                 lock(&self.shared.session_objects)?.remove(&(s.token, obj));
                 Ok(vec![])
@@ -701,7 +889,10 @@ impl Cx<'_> {
             }
             CallId::SetAttributeValue => {
                 let s = self.session(a.u(0)?)?;
-                let obj = self.object(&s, a.u(1)?, CKR_OBJECT_HANDLE_INVALID)?;
+                let e = self
+                    .conn()?
+                    .object(a.u(1)?, s.token, CKR_OBJECT_HANDLE_INVALID)?;
+                let obj = e.real;
                 let attrs = a.attrs(2)?;
                 let wp = self
                     .conn()?
@@ -714,6 +905,10 @@ impl Cx<'_> {
                 let mut t = self.template(attrs)?;
                 self.lib(s.token)?
                     .set_attribute_value(s.real, obj, &mut t)?;
+                if e.session.is_none() {
+                    // Spares may be armed with it (and CKA_SIGN may be gone now).
+                    self.shared.prearm.invalidate(s.token, &self.shared.modules);
+                }
                 Ok(vec![])
             }
             CallId::FindObjectsInit => {

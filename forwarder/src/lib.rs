@@ -6,6 +6,8 @@
 //!   connection's own view (virtual slots, sessions and object handles).
 //! - `dispatch`: one handler per RPC call.
 //! - [`events`]: `C_WaitForSlotEvent` fanned out from one module instance to many connections.
+//! - [`prearm`]: spare sessions with `C_SignInit` done ahead, so a signature waits only for
+//!   `C_Sign`.
 //! - [`server`]: the accept loop, per-connection lanes and shutdown ([`server::run`]).
 //! - [`cli`]: `p11fwd server`, the command line of `p11-kit server`.
 //! - [`daemon`]: fork and socket activation (the only other `unsafe`).
@@ -17,6 +19,7 @@ mod dispatch;
 pub mod events;
 pub mod list;
 pub mod module;
+pub mod prearm;
 pub mod server;
 pub mod state;
 mod watch;

@@ -118,6 +118,7 @@ pub async fn run(
     let active = Arc::new(AtomicUsize::new(0));
     let modules = shared.modules.clone();
     let events = shared.events.clone();
+    let prearmed = shared.clone();
     let env = Arc::new(Env {
         shared,
         limits: config.limits,
@@ -172,6 +173,7 @@ pub async fn run(
     // Every connection is gone: end the module waits of the slot event threads.
     let _ = tokio::task::spawn_blocking(move || {
         let _ = watch_thread.join();
+        prearmed.prearm.stop();
         events.shutdown(&modules, Duration::from_secs(2));
     })
     .await;

@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 
 use crate::events::SlotEvents;
 use crate::module::{Module, RawParams};
+use crate::prearm::{Bound, Prearm};
 
 /// Virtual slot ids start here, as the stock proxy's do (rpc §7.3).
 pub const FIRST_SLOT: u64 = 0x11;
@@ -102,6 +103,8 @@ pub struct Shared {
     pub events: Arc<SlotEvents>,
     /// Which raw mechanism parameters may reach the modules.
     pub raw_params: RawParams,
+    /// Spare sessions initialised ahead for signing (`crate::prearm`).
+    pub prearm: Prearm,
     next_conn: AtomicU64,
 }
 
@@ -115,8 +118,16 @@ impl Shared {
             uris,
             logins: Mutex::new(HashMap::new()),
             session_objects: Mutex::new(HashMap::new()),
+            prearm: Prearm::new(crate::prearm::DEFAULT_PER_KEY.into()),
             next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Spare sessions per key and mechanism for signing ahead (0: off; `crate::prearm`).
+    #[must_use]
+    pub fn with_sign_ahead(mut self, per_key: usize) -> Self {
+        self.prearm = Prearm::new(per_key);
+        self
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
@@ -189,6 +200,23 @@ pub(crate) struct SessionEntry {
     pub(crate) token: TokenKey,
     pub(crate) real: u64,
     pub(crate) rw: bool,
+    /// Operations that may be active on the real session ([`ops`] bits); only ever cleared
+    /// when the module's answer shows the operation ended.
+    pub(crate) ops: u16,
+}
+
+/// Bits of [`SessionEntry::ops`].
+pub(crate) mod ops {
+    pub(crate) const FIND: u16 = 1;
+    pub(crate) const ENCRYPT: u16 = 1 << 1;
+    pub(crate) const DECRYPT: u16 = 1 << 2;
+    pub(crate) const DIGEST: u16 = 1 << 3;
+    pub(crate) const SIGN: u16 = 1 << 4;
+    pub(crate) const VERIFY: u16 = 1 << 5;
+    pub(crate) const SIGN_RECOVER: u16 = 1 << 6;
+    pub(crate) const VERIFY_RECOVER: u16 = 1 << 7;
+    /// Restored with C_SetOperationState: anything.
+    pub(crate) const UNKNOWN: u16 = 1 << 15;
 }
 
 /// An object handle a connection obtained.
@@ -217,6 +245,8 @@ pub(crate) struct Conn {
     next_object: u64,
     /// Tokens this connection is logged in to, with the user type.
     pub(crate) logged_in: HashMap<TokenKey, u64>,
+    /// Sessions whose signing operation runs on a spare session (`crate::prearm`).
+    pub(crate) bound: HashMap<u64, Bound>,
 }
 
 impl Conn {
@@ -232,6 +262,7 @@ impl Conn {
             reverse: HashMap::new(),
             next_object: 1,
             logged_in: HashMap::new(),
+            bound: HashMap::new(),
         }
     }
 

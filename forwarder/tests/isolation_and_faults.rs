@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::slow::{Fake, wait_until};
-use common::{Fwd, FwdExt, connect, find, find_one, rv_of, session};
+use common::{Fwd, FwdExt, assert_no_module_sessions, connect, find, find_one, rv_of, session};
 use p11fwd_tests::{Key, P11KIT_CLIENT_MODULE, TestToken, require_tool};
 use p11fwd_wire::client::{Client, OutCap};
 use p11fwd_wire::consts::*;
@@ -201,25 +201,6 @@ fn a_dead_client_leaves_nothing_open() {
     // fails with CKR_SESSION_EXISTS while any session of the module is open: its success proves
     // the module's session count is back to zero.
     assert_no_module_sessions(&watcher, &token);
-}
-
-/// Re-initialise the token, which SoftHSM allows only when no session at all is open
-/// (bounded retries while the server finishes cleaning up).
-#[track_caller]
-fn assert_no_module_sessions(c: &Client, token: &TestToken) {
-    let label = p11fwd_wire::info::padded::<32>(token.label());
-    let mut last = None;
-    for _ in 0..500 {
-        match c.init_token(0x11, Some(token.so_pin().as_bytes()), &label) {
-            Ok(()) => return,
-            Err(e) if e.rv().0 == CKR_SESSION_EXISTS => {
-                last = Some(e);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("C_InitToken: {e}"),
-        }
-    }
-    panic!("sessions still open in the module: {last:?}");
 }
 
 /// SoftHSM refuses C_InitToken while any of its sessions is open: `c` (which has none itself)

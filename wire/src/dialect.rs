@@ -247,6 +247,8 @@ pub fn is_template_type(ty: u64) -> bool {
 /// of).
 pub fn param_layout(mech: u64) -> ParamLayout {
     use consts::*;
+    /// PKCS#11 2.40's `CKM_KEA_DERIVE` (`CK_KEA_DERIVE_PARAMS`), gone from the 3.x headers.
+    const CKM_KEA_DERIVE: u64 = 0x1012;
     if Dialect::V2.is_noparam(mech) {
         return ParamLayout::None;
     }
@@ -394,7 +396,14 @@ pub fn param_layout(mech: u64) -> ParamLayout {
         | CKM_IKE2_PRF_PLUS_DERIVE
         | CKM_IKE_PRF_DERIVE
         | CKM_IKE1_PRF_DERIVE
-        | CKM_IKE1_EXTENDED_DERIVE => ParamLayout::Pointers,
+        | CKM_IKE1_EXTENDED_DERIVE
+        | CKM_SECURID
+        | CKM_HOTP
+        | CKM_ACTI
+        | CKM_KEA_DERIVE
+        | CKM_DSA_PROBABILISTIC_PARAMETER_GEN
+        | CKM_DSA_SHAWE_TAYLOR_PARAMETER_GEN
+        | CKM_DSA_FIPS_G_GEN => ParamLayout::Pointers,
         _ => ParamLayout::Unknown,
     }
 }

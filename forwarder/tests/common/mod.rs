@@ -100,3 +100,22 @@ pub fn session_count(c: &Client) -> u64 {
     let slots = c.slots(true).unwrap();
     c.get_token_info(slots[0]).unwrap().session_count
 }
+
+/// Re-initialise the token, which SoftHSM allows only when no session at all is open
+/// (bounded retries while the server finishes cleaning up).
+#[track_caller]
+pub fn assert_no_module_sessions(c: &Client, token: &TestToken) {
+    let label = p11fwd_wire::info::padded::<32>(token.label());
+    let mut last = None;
+    for _ in 0..500 {
+        match c.init_token(0x11, Some(token.so_pin().as_bytes()), &label) {
+            Ok(()) => return,
+            Err(e) if e.rv().0 == CKR_SESSION_EXISTS => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("C_InitToken: {e}"),
+        }
+    }
+    panic!("sessions still open in the module: {last:?}");
+}
