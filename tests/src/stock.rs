@@ -39,6 +39,18 @@ impl StockServer {
     /// `pkcs11:token=p11fwd-test?write-protected=yes`).
     #[track_caller]
     pub fn start_uri(token: &TestToken, uri: &str) -> Self {
+        Self::start_module(token, uri, token.module_path(), &[])
+    }
+
+    /// Like [`StockServer::start_uri`], with `module` as `--provider` (a module that wraps the
+    /// token's SoftHSM, such as OpenSC's pkcs11-spy) and `env` added to the server's environment.
+    #[track_caller]
+    pub fn start_module(
+        token: &TestToken,
+        uri: &str,
+        module: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let p11kit = require_tool("p11-kit");
         let dir = tempfile::Builder::new()
             .prefix("p11fwd-stock.")
@@ -49,10 +61,11 @@ impl StockServer {
         let out = dir.path().join("stock.out");
         let mut cmd = Command::new(p11kit);
         cmd.envs(token.env())
+            .envs(env.iter().copied())
             .arg("server")
             .arg("-f")
             .arg("--provider")
-            .arg(token.module_path())
+            .arg(module)
             .arg("-n")
             .arg(&socket)
             .arg(uri)

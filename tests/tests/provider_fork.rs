@@ -13,12 +13,12 @@
 
 mod provider_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use p11fwd_tests::run::run;
-use p11fwd_tests::{Key, ServerKind, require_tool};
-use provider_common::{Env, KINDS, assert_ok, s};
+use p11fwd_tests::{Key, ServerKind};
+use provider_common::{Env, KINDS};
 
 const FORK_C: &str = r#"
 #include <stdio.h>
@@ -155,22 +155,6 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn compile(env: &Env, name: &str, source: &str) -> PathBuf {
-    let src = env.path(&format!("{name}.c"));
-    let bin = env.path(name);
-    std::fs::write(&src, source).unwrap();
-    let out = run(Command::new(require_tool("cc")).args([
-        "-Wall",
-        "-Werror",
-        "-o",
-        s(&bin),
-        s(&src),
-        "-lcrypto",
-    ]));
-    assert_ok(&out, &format!("cc {name}.c"));
-    bin
-}
-
 fn run_fork(
     env: &Env,
     bin: &Path,
@@ -192,7 +176,7 @@ fn run_fork(
 fn parent_and_four_children_sign_and_a_child_signs_first() {
     for kind in KINDS {
         let env = Env::new(kind, &[Key::EcP256, Key::Rsa2048, Key::Ed25519]);
-        let bin = compile(&env, "fork", FORK_C);
+        let bin = env.compile_c("fork", FORK_C);
         for label in ["ec-p256", "rsa2048", "ed25519"] {
             for mode in ["parent-first", "child-first"] {
                 let what = format!("{kind}, {label}, {mode}");
@@ -224,7 +208,7 @@ fn parent_and_four_children_sign_and_a_child_signs_first() {
 #[test]
 fn children_log_in_with_the_configured_pin() {
     let env = Env::new(ServerKind::Forwarder, &[Key::EcP256]);
-    let bin = compile(&env, "fork", FORK_C);
+    let bin = env.compile_c("fork", FORK_C);
     let pin_file = env.path("pin.txt");
     std::fs::write(&pin_file, "123456\n").unwrap();
     let cnf = env.path("fork.cnf");
@@ -251,7 +235,7 @@ fn children_log_in_with_the_configured_pin() {
 #[test]
 fn a_prompted_pin_is_reused_after_fork_only_when_cached() {
     let env = Env::new(ServerKind::Forwarder, &[Key::EcP256]);
-    let bin = compile(&env, "fork", FORK_C);
+    let bin = env.compile_c("fork", FORK_C);
     let uri = format!("{};type=private", env.token.object_uri("ec-p256"));
     for cache in [false, true] {
         let cnf = env.path(&format!("cache-{cache}.cnf"));
@@ -296,7 +280,7 @@ fn a_prompted_pin_is_reused_after_fork_only_when_cached() {
 #[test]
 fn pem_read_private_key_reports_uri_pem_lookup_errors() {
     let env = Env::new(ServerKind::Forwarder, &[Key::EcP256]);
-    let bin = compile(&env, "pemread", PEM_READ_C);
+    let bin = env.compile_c("pemread", PEM_READ_C);
     let good = env.path("good.pem");
     let bad = env.path("bad.pem");
     std::fs::write(

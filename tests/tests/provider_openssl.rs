@@ -1,228 +1,97 @@
-//! p11fwd.so end to end: the real `openssl` CLI with token keys on SoftHSM behind a stock
-//! `p11-kit server` (and `p11fwd server` when `P11FWD_TEST_FORWARDER=1`), every signature
-//! verified by OpenSSL's default provider from the exported public key and from the fixture's
-//! PEM.
+//! p11fwd.so part 1 (issue 5) end to end: the real `openssl` CLI and small C programs with
+//! token keys on SoftHSM, every test against a stock `p11-kit server` 0.24.1 **and** `p11fwd
+//! server` (a loop over [`KINDS`]; failure messages name the server), with p11fwd loaded before
+//! `default` (the part-2 tests use the other order). Every signature is verified by OpenSSL's
+//! default provider with the public key p11fwd exports and with the fixture's PEM.
 //!
-//! Needs `cargo build --workspace` first (the tests load the built `libp11fwd_provider.so`).
+//! Needs `cargo build --workspace` first (the tests load the built `libp11fwd_provider.so` and
+//! start the built `p11fwd`).
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+mod provider_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use p11fwd_tests::artifacts::ModuleTree;
-use p11fwd_tests::relay::Relay;
 use p11fwd_tests::run::{run, run_with};
-use p11fwd_tests::{Key, RunOutput, StockServer, TestToken};
+use p11fwd_tests::{Key, RunOutput, ServerKind, TestToken};
+use provider_common::{Env, KINDS, dgst_sign, rawin_sign, s, spy_count};
 
-/// One token, one server, a module dir, a scratch dir.
-struct Env {
-    token: TestToken,
-    server: StockServer,
-    modules: ModuleTree,
-    scratch: tempfile::TempDir,
-    /// Where the provider connects (the server, or a relay in front of it).
-    address: String,
-}
-
-impl Env {
-    fn new(keys: &[Key]) -> Self {
-        let mut b = TestToken::builder();
-        for k in keys {
-            b = b.with(*k);
-        }
-        let token = b.build();
-        let server = StockServer::start(&token);
-        let address = server.address();
-        let scratch = tempfile::tempdir().expect("scratch dir");
-        std::fs::write(scratch.path().join("empty.cnf"), "").expect("empty config");
-        std::fs::write(scratch.path().join("data.txt"), b"p11fwd signs this\n").expect("data");
-        Self {
-            token,
-            server,
-            modules: ModuleTree::new(),
-            scratch,
-            address,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.scratch.path().join(name)
-    }
-
-    /// `pkcs11:token=...;object=<label>;type=private?pin-value=...`
-    fn key_uri(&self, label: &str) -> String {
-        format!(
-            "{};type=private?pin-value={}",
-            self.token.object_uri(label),
-            self.token.user_pin()
-        )
-    }
-
-    fn openssl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("openssl");
-        cmd.args(args)
-            .env("OPENSSL_MODULES", self.modules.ossl_modules_dir())
-            .env("OPENSSL_CONF", self.path("empty.cnf"))
-            .env("P11FWD_SERVER_ADDRESS", &self.address)
-            .env_remove("P11FWD_DEBUG")
-            .env_remove("P11_KIT_SERVER_ADDRESS")
-            .current_dir(self.scratch.path());
-        // P11FWD_TEST_DEBUG=<filter> passes a trace filter through to the provider.
-        if let Some(filter) = std::env::var_os("P11FWD_TEST_DEBUG") {
-            cmd.env("P11FWD_DEBUG", filter);
-        }
-        cmd
-    }
-
-    /// `openssl args...` with p11fwd (first) and default loaded.
-    fn ossl(&self, args: &[&str]) -> RunOutput {
-        // Options go before positional arguments (dgst's file).
-        let mut all: Vec<&str> = args[..1].to_vec();
-        all.extend(["-provider", "p11fwd", "-provider", "default"]);
-        all.extend(&args[1..]);
-        run(&mut self.openssl_cmd(&all))
-    }
-
-    /// `openssl args...` with nothing but what `args` says.
-    fn raw(&self, args: &[&str]) -> RunOutput {
-        run(&mut self.openssl_cmd(args))
-    }
-
-    fn ok(&self, args: &[&str]) -> RunOutput {
-        let out = self.ossl(args);
-        assert!(
-            out.success() && !out.stderr.contains("panicked"),
-            "openssl {args:?} failed:\n{}\n{}",
-            out.stdout,
-            out.stderr
-        );
-        out
-    }
-
-    /// Exports the token key's public key with p11fwd and checks it equals the fixture's PEM.
-    fn export_public(&self, label: &str) -> PathBuf {
-        let out = self.path(&format!("{label}.exported.pub.pem"));
-        self.ok(&[
-            "pkey",
-            "-in",
-            &self.key_uri(label),
-            "-pubout",
-            "-out",
-            out.to_str().unwrap(),
-        ]);
-        let ours = std::fs::read_to_string(&out).unwrap();
-        let fixture = std::fs::read_to_string(self.token.public_pem(label)).unwrap();
-        if label != "rsa-pss" {
-            assert_eq!(
-                ours, fixture,
-                "exported public key of {label} differs from the fixture"
-            );
-        }
-        out
-    }
-
-    /// Verifies `sig` over data.txt with the default provider only.
-    fn verify(&self, pubkey: &Path, sig: &Path, extra: &[&str]) {
-        let mut args = vec![
-            "dgst",
-            "-verify",
-            pubkey.to_str().unwrap(),
-            "-signature",
-            sig.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        args.push("data.txt");
-        let out = run(&mut self.openssl_cmd(&args));
-        assert!(
-            out.success() && out.stdout.contains("Verified OK"),
-            "verification failed: {args:?}\n{}{}",
-            out.stdout,
-            out.stderr
-        );
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// A fresh token with `keys` behind a server of `kind`, p11fwd loaded first.
+fn env(kind: ServerKind, keys: &[Key]) -> Env {
+    Env::new(kind, keys).p11fwd_first()
 }
 
 #[test]
 fn provider_lists_its_algorithms() {
-    let env = Env::new(&[Key::EcP256]);
-    let out = env.ok(&["list", "-signature-algorithms"]);
-    assert!(out.stdout.contains("p11fwd"), "{}", out.stdout);
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256]);
+        let out = env.ok(&["list", "-signature-algorithms"]);
+        assert!(out.stdout.contains("p11fwd"), "{kind}: {}", out.stdout);
+    }
 }
 
 #[test]
 fn dgst_sign_with_every_key_type_verifies_in_software() {
     let keys = [Key::Rsa2048, Key::EcP256, Key::EcP384, Key::EcP521];
-    let env = Env::new(&keys);
-    for key in keys {
-        let label = key.label();
-        let pubkey = env.export_public(label);
-        for md in ["-sha256", "-sha384", "-sha1", "-sha512", "-sha224"] {
-            let sig = env.path(&format!("{label}{md}.sig"));
-            env.ok(&[
-                "dgst",
-                md,
-                "-sign",
-                &env.key_uri(label),
-                "-out",
-                s(&sig),
-                "data.txt",
-            ]);
-            env.verify(&pubkey, &sig, &[md]);
-            env.verify(&env.token.public_pem(label), &sig, &[md]);
+    for kind in KINDS {
+        let env = env(kind, &keys);
+        for key in keys {
+            let label = key.label();
+            let pubkey = env.export_public(label);
+            for md in ["-sha256", "-sha384", "-sha1", "-sha512", "-sha224"] {
+                let sig = env.path(&format!("{label}{md}.sig"));
+                env.ok(&dgst_sign(md, &env.key_uri(label), &sig));
+                env.verify(&pubkey, &sig, &[md]);
+                env.verify(&env.token.public_pem(label), &sig, &[md]);
+            }
         }
     }
 }
 
 #[test]
 fn rsa_pss_with_every_salt_length_mode() {
-    let env = Env::new(&[Key::Rsa2048, Key::RsaPss]);
-    for label in ["rsa2048", "rsa-pss"] {
-        let pubkey = env.token.public_pem(label);
-        for salt in ["digest", "max", "auto", "20", "0"] {
-            for md in ["-sha256", "-sha384"] {
-                let sig = env.path(&format!("{label}-{salt}{md}.sig"));
-                let salt_opt = format!("rsa_pss_saltlen:{salt}");
-                env.ok(&[
-                    "dgst",
-                    md,
-                    "-sign",
-                    &env.key_uri(label),
-                    "-sigopt",
-                    "rsa_padding_mode:pss",
-                    "-sigopt",
-                    &salt_opt,
-                    "-out",
-                    s(&sig),
-                    "data.txt",
-                ]);
-                // "auto" on the verifying side recovers any salt length.
-                let verify_salt = if salt == "max" || salt == "auto" {
-                    "auto".into()
-                } else {
-                    salt_opt.clone()
-                };
-                let verify_salt = if verify_salt == "auto" {
-                    "rsa_pss_saltlen:auto".to_string()
-                } else {
-                    verify_salt
-                };
-                env.verify(
-                    &pubkey,
-                    &sig,
-                    &[
+    for kind in KINDS {
+        let env = env(kind, &[Key::Rsa2048, Key::RsaPss]);
+        for label in ["rsa2048", "rsa-pss"] {
+            let pubkey = env.token.public_pem(label);
+            for salt in ["digest", "max", "auto", "20", "0"] {
+                for md in ["-sha256", "-sha384"] {
+                    let sig = env.path(&format!("{label}-{salt}{md}.sig"));
+                    let salt_opt = format!("rsa_pss_saltlen:{salt}");
+                    env.ok(&[
+                        "dgst",
                         md,
+                        "-sign",
+                        &env.key_uri(label),
                         "-sigopt",
                         "rsa_padding_mode:pss",
                         "-sigopt",
-                        &verify_salt,
-                    ],
-                );
+                        &salt_opt,
+                        "-out",
+                        s(&sig),
+                        "data.txt",
+                    ]);
+                    // "auto" on the verifying side recovers any salt length.
+                    let verify_salt = if salt == "max" || salt == "auto" {
+                        "rsa_pss_saltlen:auto"
+                    } else {
+                        &salt_opt
+                    };
+                    env.verify(
+                        &pubkey,
+                        &sig,
+                        &[
+                            md,
+                            "-sigopt",
+                            "rsa_padding_mode:pss",
+                            "-sigopt",
+                            verify_salt,
+                        ],
+                    );
+                }
             }
         }
     }
@@ -230,39 +99,31 @@ fn rsa_pss_with_every_salt_length_mode() {
 
 #[test]
 fn eddsa_signs_with_pkeyutl_rawin() {
-    let env = Env::new(&[Key::Ed25519, Key::Ed448]);
-    for label in ["ed25519", "ed448"] {
-        let pubkey = env.export_public(label);
-        let sig = env.path(&format!("{label}.sig"));
-        env.ok(&[
-            "pkeyutl",
-            "-sign",
-            "-rawin",
-            "-inkey",
-            &env.key_uri(label),
-            "-in",
-            "data.txt",
-            "-out",
-            s(&sig),
-        ]);
-        let out = run(&mut env.openssl_cmd(&[
-            "pkeyutl",
-            "-verify",
-            "-rawin",
-            "-pubin",
-            "-inkey",
-            s(&pubkey),
-            "-in",
-            "data.txt",
-            "-sigfile",
-            s(&sig),
-        ]));
-        assert!(
-            out.stdout.contains("Signature Verified Successfully"),
-            "{label}: {}{}",
-            out.stdout,
-            out.stderr
-        );
+    for kind in KINDS {
+        let env = env(kind, &[Key::Ed25519, Key::Ed448]);
+        for label in ["ed25519", "ed448"] {
+            let pubkey = env.export_public(label);
+            let sig = env.path(&format!("{label}.sig"));
+            env.ok(&rawin_sign(&env.key_uri(label), &sig));
+            let out = env.soft(&[
+                "pkeyutl",
+                "-verify",
+                "-rawin",
+                "-pubin",
+                "-inkey",
+                s(&pubkey),
+                "-in",
+                "data.txt",
+                "-sigfile",
+                s(&sig),
+            ]);
+            assert!(
+                out.stdout.contains("Signature Verified Successfully"),
+                "{kind}, {label}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
     }
 }
 
@@ -275,31 +136,31 @@ fn req_new_works_with_and_without_the_default_provider() {
         Key::Ed25519,
         Key::RsaPss,
     ];
-    let env = Env::new(&keys);
-    for key in keys {
-        let label = key.label();
-        let csr = env.path(&format!("{label}.csr"));
-        env.ok(&[
-            "req",
-            "-new",
-            "-key",
-            &env.key_uri(label),
-            "-subj",
-            &format!("/CN={label}"),
-            "-out",
-            s(&csr),
-        ]);
-        let out = run(&mut env.openssl_cmd(&["req", "-in", s(&csr), "-verify", "-noout"]));
-        assert!(
-            out.stderr.contains("verify OK") || out.stdout.contains("verify OK"),
-            "{label}: {}{}",
-            out.stdout,
-            out.stderr
-        );
-        if label != "rsa-pss" {
-            // Only p11fwd: its digests, signature and SPKI encoder.
+    for kind in KINDS {
+        let env = env(kind, &keys);
+        for key in keys {
+            let label = key.label();
+            let csr = env.path(&format!("{label}.csr"));
+            env.ok(&[
+                "req",
+                "-new",
+                "-key",
+                &env.key_uri(label),
+                "-subj",
+                &format!("/CN={label}"),
+                "-out",
+                s(&csr),
+            ]);
+            let out = env.soft(&["req", "-in", s(&csr), "-verify", "-noout"]);
+            assert!(
+                out.stderr.contains("verify OK") || out.stdout.contains("verify OK"),
+                "{kind}, {label}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            // Only p11fwd: its digests, signature and SPKI encoder (RSA-PSS included).
             let csr2 = env.path(&format!("{label}.only.csr"));
-            let out = env.raw(&[
+            let out = env.soft(&[
                 "req",
                 "-new",
                 "-provider",
@@ -311,11 +172,15 @@ fn req_new_works_with_and_without_the_default_provider() {
                 "-out",
                 s(&csr2),
             ]);
-            assert!(out.success(), "{label} without default:\n{}", out.stderr);
-            let out = run(&mut env.openssl_cmd(&["req", "-in", s(&csr2), "-verify", "-noout"]));
+            assert!(
+                out.success(),
+                "{kind}, {label} without default:\n{}",
+                out.stderr
+            );
+            let out = env.soft(&["req", "-in", s(&csr2), "-verify", "-noout"]);
             assert!(
                 out.stderr.contains("verify OK") || out.stdout.contains("verify OK"),
-                "{}",
+                "{kind}, {label}: {}",
                 out.stderr
             );
         }
@@ -324,30 +189,104 @@ fn req_new_works_with_and_without_the_default_provider() {
 
 #[test]
 fn certificates_x509_ca_and_cms() {
-    let env = Env::new(&[Key::Rsa2048, Key::EcP256]);
-    for label in ["rsa2048", "ec-p256"] {
-        let key = env.key_uri(label);
-        // req -x509: self-signed with the token key (the serial needs default's DRBG).
-        let cert = env.path(&format!("{label}.self.pem"));
-        env.ok(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            "/CN=self",
-            "-days",
-            "2",
-            "-out",
-            s(&cert),
-        ]);
-        let out = run(&mut env.openssl_cmd(&["verify", "-CAfile", s(&cert), s(&cert)]));
-        assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
-        // x509 -req -CA -CAkey: sign a CSR made from a software key; the CA cert is the
-        // token's own certificate, so X509_check_private_key compares the token key with it.
-        let leaf_key = env.path("leaf.key");
-        run(&mut env.openssl_cmd(&[
+    for kind in KINDS {
+        let env = env(kind, &[Key::Rsa2048, Key::EcP256]);
+        for label in ["rsa2048", "ec-p256"] {
+            let what = format!("{kind}, {label}");
+            let key = env.key_uri(label);
+            // req -x509: self-signed with the token key (the serial needs default's DRBG).
+            let cert = env.path(&format!("{label}.self.pem"));
+            env.ok(&[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &key,
+                "-subj",
+                "/CN=self",
+                "-days",
+                "2",
+                "-out",
+                s(&cert),
+            ]);
+            let out = env.soft(&["verify", "-CAfile", s(&cert), s(&cert)]);
+            assert!(
+                out.stdout.contains(": OK"),
+                "{what}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            // x509 -req -CA -CAkey: sign a CSR made from a software key; the CA cert is the
+            // token's own certificate, so X509_check_private_key compares the token key with it.
+            let leaf_csr = leaf_csr(&env);
+            let leaf = env.path(&format!("{label}.leaf.pem"));
+            env.ok(&[
+                "x509",
+                "-req",
+                "-in",
+                s(&leaf_csr),
+                "-CA",
+                s(&env.token.cert_pem(label)),
+                "-CAkey",
+                &key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                s(&leaf),
+            ]);
+            let out = env.soft(&["verify", "-CAfile", s(&env.token.cert_pem(label)), s(&leaf)]);
+            assert!(
+                out.stdout.contains(": OK"),
+                "{what}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+            // cms -sign with the token key and its certificate; verified in software.
+            let signed = env.path(&format!("{label}.cms"));
+            env.ok(&[
+                "cms",
+                "-sign",
+                "-in",
+                "data.txt",
+                "-signer",
+                s(&env.token.cert_pem(label)),
+                "-inkey",
+                &key,
+                "-nodetach",
+                "-outform",
+                "PEM",
+                "-out",
+                s(&signed),
+            ]);
+            let out = env.soft(&[
+                "cms",
+                "-verify",
+                "-in",
+                s(&signed),
+                "-inform",
+                "PEM",
+                "-CAfile",
+                s(&env.token.cert_pem(label)),
+                "-out",
+                s(&env.path("cms.out")),
+            ]);
+            assert!(
+                out.stderr.contains("Verification successful"),
+                "{what}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
+/// A CSR for `CN=leaf` made from a fresh software P-256 key.
+fn leaf_csr(env: &Env) -> PathBuf {
+    let leaf_key = env.path("leaf.key");
+    let leaf_csr = env.path("leaf.csr");
+    if !leaf_csr.exists() {
+        env.soft_ok(&[
             "genpkey",
             "-algorithm",
             "EC",
@@ -355,9 +294,8 @@ fn certificates_x509_ca_and_cms() {
             "ec_paramgen_curve:P-256",
             "-out",
             s(&leaf_key),
-        ]));
-        let leaf_csr = env.path("leaf.csr");
-        run(&mut env.openssl_cmd(&[
+        ]);
+        env.soft_ok(&[
             "req",
             "-new",
             "-key",
@@ -366,71 +304,13 @@ fn certificates_x509_ca_and_cms() {
             "/CN=leaf",
             "-out",
             s(&leaf_csr),
-        ]));
-        let leaf = env.path(&format!("{label}.leaf.pem"));
-        env.ok(&[
-            "x509",
-            "-req",
-            "-in",
-            s(&leaf_csr),
-            "-CA",
-            s(&env.token.cert_pem(label)),
-            "-CAkey",
-            &key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            s(&leaf),
         ]);
-        let out = run(&mut env.openssl_cmd(&[
-            "verify",
-            "-CAfile",
-            s(&env.token.cert_pem(label)),
-            s(&leaf),
-        ]));
-        assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
-        // cms -sign with the token key and its certificate; verified in software.
-        let signed = env.path(&format!("{label}.cms"));
-        env.ok(&[
-            "cms",
-            "-sign",
-            "-in",
-            "data.txt",
-            "-signer",
-            s(&env.token.cert_pem(label)),
-            "-inkey",
-            &key,
-            "-nodetach",
-            "-outform",
-            "PEM",
-            "-out",
-            s(&signed),
-        ]);
-        let out = run(&mut env.openssl_cmd(&[
-            "cms",
-            "-verify",
-            "-in",
-            s(&signed),
-            "-inform",
-            "PEM",
-            "-CAfile",
-            s(&env.token.cert_pem(label)),
-            "-out",
-            s(&env.path("cms.out")),
-        ]));
-        assert!(
-            out.stderr.contains("Verification successful"),
-            "{}{}",
-            out.stdout,
-            out.stderr
-        );
     }
+    leaf_csr
 }
 
-#[test]
-fn ca_keyfile_signs_with_the_token_key() {
-    let env = Env::new(&[Key::EcP256]);
+/// A demoCA for `openssl ca` in the scratch dir; returns its config file.
+fn ca_config(env: &Env) -> PathBuf {
     let dir = env.path("demoCA");
     std::fs::create_dir_all(dir.join("newcerts")).unwrap();
     std::fs::write(dir.join("index.txt"), "").unwrap();
@@ -440,355 +320,244 @@ fn ca_keyfile_signs_with_the_token_key() {
         &conf,
         format!(
             "[ca]\ndefault_ca = CA_default\n[CA_default]\ndir = {}\ndatabase = $dir/index.txt\n\
-             new_certs_dir = $dir/newcerts\nserial = $dir/serial\ndefault_md = sha256\n\
-             policy = policy_any\ndefault_days = 2\n[policy_any]\ncommonName = supplied\n",
+             new_certs_dir = $dir/newcerts\nserial = $dir/serial\ndefault_md = default\n\
+             unique_subject = no\npolicy = policy_any\ndefault_days = 2\n\
+             [policy_any]\ncommonName = supplied\n",
             dir.display()
         ),
     )
     .unwrap();
-    let leaf_key = env.path("leaf.key");
-    run(&mut env.openssl_cmd(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        s(&leaf_key),
-    ]));
-    let csr = env.path("leaf.csr");
-    run(&mut env.openssl_cmd(&[
-        "req",
-        "-new",
-        "-key",
-        s(&leaf_key),
-        "-subj",
-        "/CN=leaf",
-        "-out",
-        s(&csr),
-    ]));
-    let out_cert = env.path("leaf.pem");
-    env.ok(&[
-        "ca",
-        "-batch",
-        "-config",
-        s(&conf),
-        "-cert",
-        s(&env.token.cert_pem("ec-p256")),
-        "-keyfile",
-        &env.key_uri("ec-p256"),
-        "-in",
-        s(&csr),
-        "-out",
-        s(&out_cert),
-    ]);
-    let out = run(&mut env.openssl_cmd(&[
-        "verify",
-        "-CAfile",
-        s(&env.token.cert_pem("ec-p256")),
-        s(&out_cert),
-    ]));
-    assert!(out.stdout.contains(": OK"), "{}{}", out.stdout, out.stderr);
+    conf
 }
 
 #[test]
-fn pkeyutl_signs_digests_and_raw_rsa() {
-    let env = Env::new(&[Key::Rsa2048, Key::EcP384]);
-    let digest = env.path("digest.bin");
-    let out =
-        run(&mut env.openssl_cmd(&["dgst", "-sha256", "-binary", "-out", s(&digest), "data.txt"]));
-    assert!(out.success());
-    for (label, opts) in [
-        ("rsa2048", vec!["-pkeyopt", "digest:sha256"]),
-        (
-            "rsa2048",
-            vec![
-                "-pkeyopt",
-                "rsa_padding_mode:pss",
-                "-pkeyopt",
-                "digest:sha256",
-                "-pkeyopt",
-                "rsa_pss_saltlen:digest",
-            ],
-        ),
-        ("ec-p384", vec!["-pkeyopt", "digest:sha256"]),
-    ] {
-        let sig = env.path("pkeyutl.sig");
-        let key_uri = env.key_uri(label);
-        let mut args = vec!["pkeyutl", "-sign", "-inkey", &key_uri];
-        args.extend(["-in", s(&digest), "-out", s(&sig)]);
-        args.extend(opts.iter().copied());
-        env.ok(&args);
-        let pubkey = env.token.public_pem(label);
-        let mut vargs = vec![
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            s(&pubkey),
+fn ca_keyfile_signs_with_the_token_key() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256]);
+        let conf = ca_config(&env);
+        let csr = leaf_csr(&env);
+        let out_cert = env.path("leaf.pem");
+        env.ok(&[
+            "ca",
+            "-batch",
+            "-config",
+            s(&conf),
+            "-cert",
+            s(&env.token.cert_pem("ec-p256")),
+            "-keyfile",
+            &env.key_uri("ec-p256"),
             "-in",
-            s(&digest),
-            "-sigfile",
-            s(&sig),
-        ];
-        vargs.extend(opts.iter().copied());
-        let out = run(&mut env.openssl_cmd(&vargs));
+            s(&csr),
+            "-out",
+            s(&out_cert),
+        ]);
+        let out = env.soft(&[
+            "verify",
+            "-CAfile",
+            s(&env.token.cert_pem("ec-p256")),
+            s(&out_cert),
+        ]);
         assert!(
-            out.stdout.contains("Signature Verified Successfully"),
-            "{label} {opts:?}: {}{}",
+            out.stdout.contains(": OK"),
+            "{kind}: {}{}",
             out.stdout,
             out.stderr
         );
     }
-    // Raw RSA (rsa_padding_mode:none) is implemented (CKM_RSA_X_509), but OpenSSL 3.0's
-    // pkeyutl refuses to sign inputs longer than a digest, so the CLI cannot reach it.
+}
+
+#[test]
+fn pkeyutl_signs_digests() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::Rsa2048, Key::EcP384]);
+        let digest = env.path("digest.bin");
+        env.soft_ok(&["dgst", "-sha256", "-binary", "-out", s(&digest), "data.txt"]);
+        for (label, opts) in [
+            ("rsa2048", vec!["-pkeyopt", "digest:sha256"]),
+            (
+                "rsa2048",
+                vec![
+                    "-pkeyopt",
+                    "rsa_padding_mode:pss",
+                    "-pkeyopt",
+                    "digest:sha256",
+                    "-pkeyopt",
+                    "rsa_pss_saltlen:digest",
+                ],
+            ),
+            ("ec-p384", vec!["-pkeyopt", "digest:sha256"]),
+        ] {
+            let sig = env.path("pkeyutl.sig");
+            let key_uri = env.key_uri(label);
+            let mut args = vec!["pkeyutl", "-sign", "-inkey", &key_uri];
+            args.extend(["-in", s(&digest), "-out", s(&sig)]);
+            args.extend(opts.iter().copied());
+            env.ok(&args);
+            let pubkey = env.token.public_pem(label);
+            let mut vargs = vec![
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                s(&pubkey),
+                "-in",
+                s(&digest),
+                "-sigfile",
+                s(&sig),
+            ];
+            vargs.extend(opts.iter().copied());
+            let out = env.soft(&vargs);
+            assert!(
+                out.stdout.contains("Signature Verified Successfully"),
+                "{kind}, {label} {opts:?}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
 }
 
 #[test]
 fn storeutl_lists_objects_with_uris_that_resolve_to_themselves() {
-    let env = Env::new(&[Key::Rsa2048, Key::EcP256, Key::Ed25519]);
-    let all = format!("{}?pin-value={}", env.token.uri(), env.token.user_pin());
-    let out = env.ok(&["storeutl", "-text", &all]);
-    // 2 certificates, 3 public keys, 3 private keys.
-    assert!(out.stdout.contains("Total found: 8"), "{}", out.stdout);
-    let uris: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("URI "))
-        .collect();
-    assert_eq!(uris.len(), 6, "{}", out.stdout);
-    for uri in uris {
-        let with_pin = format!("{uri}?pin-value={}", env.token.user_pin());
-        let again = env.ok(&["storeutl", "-text", &with_pin]);
+    for kind in KINDS {
+        let env = env(kind, &[Key::Rsa2048, Key::EcP256, Key::Ed25519]);
+        let all = format!("{}?pin-value={}", env.token.uri(), env.token.user_pin());
+        let out = env.ok(&["storeutl", "-text", &all]);
+        // 2 certificates, 3 public keys, 3 private keys.
         assert!(
-            again.stdout.contains("Total found: 1"),
-            "{uri}: {}",
-            again.stdout
+            out.stdout.contains("Total found: 8"),
+            "{kind}: {}",
+            out.stdout
         );
+        let uris: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("URI "))
+            .collect();
+        assert_eq!(uris.len(), 6, "{kind}: {}", out.stdout);
+        for uri in uris {
+            let with_pin = format!("{uri}?pin-value={}", env.token.user_pin());
+            let again = env.ok(&["storeutl", "-text", &with_pin]);
+            assert!(
+                again.stdout.contains("Total found: 1"),
+                "{kind}, {uri}: {}",
+                again.stdout
+            );
+            assert!(
+                again.stdout.contains(&format!("URI {uri}")),
+                "{kind}, {uri}: {}",
+                again.stdout
+            );
+        }
+        // Certificates come back as DER, identical to the fixture's.
+        let out = env.ok(&[
+            "storeutl",
+            "-certs",
+            &format!("{};object=ec-p256", env.token.uri()),
+        ]);
+        let fixture = std::fs::read_to_string(env.token.cert_pem("ec-p256")).unwrap();
         assert!(
-            again.stdout.contains(&format!("URI {uri}")),
-            "{uri}: {}",
-            again.stdout
+            out.stdout.contains(fixture.trim()),
+            "{kind}: {}",
+            out.stdout
+        );
+        // Search by subject.
+        let out = env.ok(&[
+            "storeutl",
+            "-certs",
+            "-subject",
+            "/CN=rsa2048/O=p11fwd-test",
+            &env.token.uri(),
+        ]);
+        assert!(
+            out.stdout.contains("Total found: 1"),
+            "{kind}: {}",
+            out.stdout
         );
     }
-    // Certificates come back as DER, identical to the fixture's.
-    let out = env.ok(&[
-        "storeutl",
-        "-certs",
-        &format!("{};object=ec-p256", env.token.uri()),
-    ]);
-    let fixture = std::fs::read_to_string(env.token.cert_pem("ec-p256")).unwrap();
-    assert!(out.stdout.contains(fixture.trim()), "{}", out.stdout);
-    // Search by subject.
-    let out = env.ok(&[
-        "storeutl",
-        "-certs",
-        "-subject",
-        "/CN=rsa2048/O=p11fwd-test",
-        &env.token.uri(),
-    ]);
-    assert!(out.stdout.contains("Total found: 1"), "{}", out.stdout);
 }
 
 #[test]
 fn pkey_pubout_text_and_equality_with_the_file_key() {
-    let env = Env::new(&[Key::Rsa2048, Key::EcP256, Key::EcP384, Key::Ed25519]);
-    for label in ["rsa2048", "ec-p256", "ec-p384", "ed25519"] {
-        env.export_public(label);
-        // DER output too.
-        let der = env.path(&format!("{label}.pub.der"));
-        env.ok(&[
-            "pkey",
-            "-in",
-            &env.key_uri(label),
-            "-pubout",
-            "-outform",
-            "DER",
-            "-out",
-            s(&der),
-        ]);
-        assert_eq!(
-            std::fs::read(&der).unwrap(),
-            std::fs::read(env.token.public_der(label)).unwrap()
+    for kind in KINDS {
+        let env = env(
+            kind,
+            &[Key::Rsa2048, Key::EcP256, Key::EcP384, Key::Ed25519],
         );
-        let out = env.ok(&["pkey", "-in", &env.key_uri(label), "-text", "-noout"]);
-        assert!(out.stdout.contains("URI pkcs11:"), "{}", out.stdout);
-        assert!(
-            out.stdout.contains(&format!("object={label};type=private")),
-            "{}",
-            out.stdout
-        );
-        // The public key found by a public-key request, and from the private key's URI.
-        let out = env.ok(&[
-            "pkey",
-            "-pubin",
-            "-in",
-            &env.token.object_uri(label),
-            "-pubout",
-        ]);
-        let fixture = std::fs::read_to_string(env.token.public_pem(label)).unwrap();
-        assert_eq!(out.stdout, fixture);
+        for label in ["rsa2048", "ec-p256", "ec-p384", "ed25519"] {
+            env.export_public(label);
+            // DER output too.
+            let der = env.path(&format!("{label}.pub.der"));
+            env.ok(&[
+                "pkey",
+                "-in",
+                &env.key_uri(label),
+                "-pubout",
+                "-outform",
+                "DER",
+                "-out",
+                s(&der),
+            ]);
+            assert_eq!(
+                std::fs::read(&der).unwrap(),
+                std::fs::read(env.token.public_der(label)).unwrap(),
+                "{kind}, {label}"
+            );
+            let out = env.ok(&["pkey", "-in", &env.key_uri(label), "-text", "-noout"]);
+            assert!(out.stdout.contains("URI pkcs11:"), "{kind}: {}", out.stdout);
+            assert!(
+                out.stdout.contains(&format!("object={label};type=private")),
+                "{kind}: {}",
+                out.stdout
+            );
+            // The public key found by a public-key request, and from the private key's URI.
+            let out = env.ok(&[
+                "pkey",
+                "-pubin",
+                "-in",
+                &env.token.object_uri(label),
+                "-pubout",
+            ]);
+            let fixture = std::fs::read_to_string(env.token.public_pem(label)).unwrap();
+            assert_eq!(out.stdout, fixture, "{kind}, {label}");
+        }
     }
 }
 
 #[test]
 fn always_authenticate_key_logs_in_per_signature() {
-    let env = Env::new(&[Key::RsaAlwaysAuth]);
-    let pubkey = env.token.public_pem("rsa-always-auth");
-    for i in 0..2 {
-        let sig = env.path(&format!("aa{i}.sig"));
-        env.ok(&[
-            "dgst",
-            "-sha256",
-            "-sign",
-            &env.key_uri("rsa-always-auth"),
-            "-out",
-            s(&sig),
-            "data.txt",
-        ]);
-        env.verify(&pubkey, &sig, &["-sha256"]);
-    }
-}
-
-/// A server process we start ourselves (for pkcs11-spy, or `p11fwd server`).
-struct OwnServer {
-    child: std::process::Child,
-    socket: PathBuf,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl OwnServer {
-    fn start(program: &Path, module: &Path, token: &TestToken, env: &[(&str, &Path)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut server =
-            Self::start_at(&dir.path().join("server.sock"), program, module, token, env);
-        server._dir = Some(dir);
-        server
-    }
-
-    /// A server on `socket` (a path that outlives it, for restarts).
-    fn start_at(
-        socket: &Path,
-        program: &Path,
-        module: &Path,
-        token: &TestToken,
-        env: &[(&str, &Path)],
-    ) -> Self {
-        let socket = socket.to_path_buf();
-        let child = Command::new(program)
-            .envs(token.env())
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .arg("server")
-            .arg("-f")
-            .arg("--provider")
-            .arg(module)
-            .arg("-n")
-            .arg(&socket)
-            .arg(token.uri())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not create its socket",
-                program.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            socket,
-            _dir: None,
+    for kind in KINDS {
+        let env = env(kind, &[Key::RsaAlwaysAuth]);
+        let pubkey = env.token.public_pem("rsa-always-auth");
+        for i in 0..2 {
+            let sig = env.path(&format!("aa{i}.sig"));
+            env.ok(&dgst_sign("-sha256", &env.key_uri("rsa-always-auth"), &sig));
+            env.verify(&pubkey, &sig, &["-sha256"]);
         }
     }
-
-    fn address(&self) -> String {
-        format!(
-            "unix:path={}",
-            p11fwd_tests::percent_encode(s(&self.socket))
-        )
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A stock `p11-kit server` whose module is OpenSC's pkcs11-spy in front of SoftHSM, logging
-/// every call the token sees; `env` connects to it.
-fn spy_server(env: &mut Env) -> (OwnServer, PathBuf) {
-    let spy_log = env.path("spy.log");
-    let server = OwnServer::start(
-        &p11fwd_tests::require_tool("p11-kit"),
-        Path::new("/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"),
-        &env.token,
-        &[
-            ("PKCS11SPY", env.token.module_path()),
-            ("PKCS11SPY_OUTPUT", &spy_log),
-        ],
-    );
-    env.address = server.address();
-    (server, spy_log)
 }
 
 #[test]
 fn wrong_pin_reaches_the_token_exactly_once() {
-    let mut env = Env::new(&[Key::EcP256]);
-    let (server, spy_log) = spy_server(&mut env);
-    let uri = format!(
-        "{};type=private?pin-value=999999",
-        env.token.object_uri("ec-p256")
-    );
-    let sig = env.path("never.sig");
-    let out = env.ossl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        &uri,
-        "-out",
-        s(&sig),
-        "data.txt",
-    ]);
-    assert!(!out.success());
-    assert!(out.stderr.contains("PIN incorrect"), "{}", out.stderr);
-    assert!(out.stderr.contains("not retried"), "{}", out.stderr);
-    drop(server);
-    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
-    let logins = log.matches("C_Login").count();
-    assert_eq!(logins, 1, "C_Login calls seen by the token:\n{log}");
-}
-
-/// Compiles `source` (C, with libcrypto and pthreads) and returns a command for it with the
-/// environment `openssl_cmd` gives the `openssl` CLI.
-fn c_program(env: &Env, name: &str, source: &str) -> Command {
-    let src = env.path(&format!("{name}.c"));
-    let bin = env.path(name);
-    std::fs::write(&src, source).unwrap();
-    let out = run(Command::new(p11fwd_tests::require_tool("cc")).args([
-        "-Wall",
-        "-Werror",
-        "-o",
-        s(&bin),
-        s(&src),
-        "-lcrypto",
-        "-lpthread",
-    ]));
-    assert!(out.success(), "cc {name}.c: {}", out.stderr);
-    let mut program = Command::new(&bin);
-    for (k, v) in env.openssl_cmd(&[]).get_envs() {
-        match v {
-            Some(v) => program.env(k, v),
-            None => program.env_remove(k),
-        };
+    for kind in KINDS {
+        let (env, spy_log) = Env::with_spy(kind, &[Key::EcP256]);
+        let env = env.p11fwd_first();
+        let uri = format!(
+            "{};type=private?pin-value=999999",
+            env.token.object_uri("ec-p256")
+        );
+        let sig = env.path("never.sig");
+        let out = env.ossl(&dgst_sign("-sha256", &uri, &sig));
+        assert!(!out.success(), "{kind}");
+        assert!(
+            out.stderr.contains("PIN incorrect"),
+            "{kind}: {}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("not retried"), "{kind}: {}", out.stderr);
+        let logins = spy_count(&spy_log, "C_Login");
+        assert_eq!(logins, 1, "{kind}: C_Login calls seen by the token");
     }
-    program
 }
 
 /// Eight threads of one process load a key with the same wrong PIN at the same moment: the
@@ -844,27 +613,26 @@ int main(int argc, char **argv) {
 
 #[test]
 fn threads_with_a_wrong_pin_send_it_once() {
-    let mut env = Env::new(&[Key::EcP256]);
-    let (server, spy_log) = spy_server(&mut env);
-    let uri = format!(
-        "{};type=private?pin-value=999999",
-        env.token.object_uri("ec-p256")
-    );
-    let mut program = c_program(&env, "wrong_pin_threads", WRONG_PIN_THREADS_C);
-    program
-        .arg(&uri)
-        .arg(format!("{};type=public", env.token.object_uri("ec-p256")));
-    let out = run(&mut program);
-    assert!(
-        out.success() && out.stdout.contains("done"),
-        "{}{}",
-        out.stdout,
-        out.stderr
-    );
-    drop(server);
-    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
-    let logins = log.matches("C_Login").count();
-    assert_eq!(logins, 1, "C_Login calls seen by the token:\n{log}");
+    for kind in KINDS {
+        let (env, spy_log) = Env::with_spy(kind, &[Key::EcP256]);
+        let uri = format!(
+            "{};type=private?pin-value=999999",
+            env.token.object_uri("ec-p256")
+        );
+        let bin = env.compile_c("wrong_pin_threads", WRONG_PIN_THREADS_C);
+        let out = run(env
+            .c_command(&bin)
+            .arg(&uri)
+            .arg(format!("{};type=public", env.token.object_uri("ec-p256"))));
+        assert!(
+            out.success() && out.stdout.contains("done"),
+            "{kind}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        let logins = spy_count(&spy_log, "C_Login");
+        assert_eq!(logins, 1, "{kind}: C_Login calls seen by the token");
+    }
 }
 
 /// Three bursts of sixteen threads signing at once with one key.
@@ -931,20 +699,18 @@ int main(int argc, char **argv) {
 /// used to leave eight more, none closed).
 #[test]
 fn sessions_beyond_the_pool_are_closed() {
-    let mut env = Env::new(&[Key::EcP256]);
-    let (server, spy_log) = spy_server(&mut env);
-    let mut program = c_program(&env, "bursts", SIGNING_BURSTS_C);
-    program.arg(env.key_uri("ec-p256"));
-    let out = run(&mut program);
-    assert!(out.success(), "{}{}", out.stdout, out.stderr);
-    drop(server);
-    let log = std::fs::read_to_string(&spy_log).unwrap_or_default();
-    let opened = log.matches("C_OpenSession").count();
-    let closed = log.matches("C_CloseSession").count();
-    assert!(
-        opened >= 16 && opened - closed <= 20,
-        "{opened} sessions opened, {closed} closed"
-    );
+    for kind in KINDS {
+        let (env, spy_log) = Env::with_spy(kind, &[Key::EcP256]);
+        let bin = env.compile_c("bursts", SIGNING_BURSTS_C);
+        let out = run(env.c_command(&bin).arg(env.key_uri("ec-p256")));
+        assert!(out.success(), "{kind}: {}{}", out.stdout, out.stderr);
+        let opened = spy_count(&spy_log, "C_OpenSession");
+        let closed = spy_count(&spy_log, "C_CloseSession");
+        assert!(
+            opened >= 16 && opened - closed <= 20,
+            "{kind}: {opened} sessions opened, {closed} closed"
+        );
+    }
 }
 
 /// Signs, waits for a line on stdin, signs again.
@@ -992,46 +758,92 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// A server on a socket path of the test's choosing, so that it can be started again on the same
+/// path (the fixtures' servers pick their own). It runs in its own process group, killed as a
+/// whole: a stock server's per-connection process dies with it, so the provider's connection
+/// really breaks.
+struct RestartableServer(std::process::Child);
+
+impl RestartableServer {
+    fn start(kind: ServerKind, token: &TestToken, socket: &Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let _ = std::fs::remove_file(socket);
+        let program = match kind {
+            ServerKind::Stock => p11fwd_tests::require_tool("p11-kit"),
+            ServerKind::Forwarder => p11fwd_tests::artifacts::forwarder_bin(),
+        };
+        let child = Command::new(&program)
+            .envs(token.env())
+            .args(["server", "-f", "--provider"])
+            .arg(token.module_path())
+            .arg("-n")
+            .arg(socket)
+            .arg(token.uri())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start the server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(Instant::now() < deadline, "{kind} did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for RestartableServer {
+    fn drop(&mut self) {
+        if let Some(group) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// The first signature after the server restarted succeeds: the dead connection is noticed on
 /// that signature, which is sent again once on a new connection (it used to fail, and only the
 /// next operation reconnected: a failed TLS handshake per process per restart).
 #[test]
 fn the_first_signature_after_a_server_restart_succeeds() {
     use std::io::{BufRead, Write};
-    let mut env = Env::new(&[Key::EcP256]);
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("server.sock");
-    // `p11fwd server`: one process, so killing it ends the connection (a stock server's
-    // per-connection process would live on).
-    let program = p11fwd_tests::artifacts::forwarder_bin();
-    let start = || OwnServer::start_at(&socket, &program, env.token.module_path(), &env.token, &[]);
-    let server = start();
-    env.address = server.address();
-    let mut program = c_program(&env, "sign_twice", SIGN_TWICE_C);
-    program
-        .arg(env.key_uri("ec-p256"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = program.spawn().unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "first\n");
-    // Restart the server on the same socket.
-    drop(server);
-    let _ = std::fs::remove_file(&socket);
-    let _server = start();
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
-    assert!(
-        status.success() && line == "second\n",
-        "{status:?} {line:?}\n{err}"
-    );
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256]);
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("server.sock");
+        let server = RestartableServer::start(kind, &env.token, &socket);
+        let bin = env.compile_c("sign_twice", SIGN_TWICE_C);
+        let mut program = env.c_command(&bin);
+        program
+            .env(
+                "P11FWD_SERVER_ADDRESS",
+                format!("unix:path={}", p11fwd_tests::percent_encode(s(&socket))),
+            )
+            .arg(env.key_uri("ec-p256"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = program.spawn().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "first\n", "{kind}");
+        // Restart the server on the same socket.
+        drop(server);
+        let _server = RestartableServer::start(kind, &env.token, &socket);
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        assert!(
+            status.success() && line == "second\n",
+            "{kind}: {status:?} {line:?}\n{err}"
+        );
+    }
 }
 
 /// Loads two keys in one process and signs with the second.
@@ -1078,24 +890,32 @@ int main(int argc, char **argv) {
 /// its search).
 #[test]
 fn always_authenticate_key_loaded_after_a_login_signs() {
-    let env = Env::new(&[Key::EcP256, Key::RsaAlwaysAuth]);
-    let mut program = c_program(&env, "second_key", SECOND_KEY_SIGNS_C);
-    program
-        .arg(env.key_uri("ec-p256"))
-        .arg(env.key_uri("rsa-always-auth"));
-    let out = run(&mut program);
-    assert!(
-        out.success() && out.stdout.contains("signed"),
-        "{:?}: {}{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256, Key::RsaAlwaysAuth]);
+        let bin = env.compile_c("second_key", SECOND_KEY_SIGNS_C);
+        let out = run(env
+            .c_command(&bin)
+            .arg(env.key_uri("ec-p256"))
+            .arg(env.key_uri("rsa-always-auth")));
+        assert!(
+            out.success() && out.stdout.contains("signed"),
+            "{kind}: {:?}: {}{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+    }
 }
 
 #[test]
 fn bad_input_fails_clearly_and_quickly() {
-    let env = Env::new(&[Key::EcP256, Key::EcP384]);
+    for kind in KINDS {
+        bad_input_fails_clearly_and_quickly_behind(kind);
+    }
+}
+
+fn bad_input_fails_clearly_and_quickly_behind(kind: ServerKind) {
+    let env = env(kind, &[Key::EcP256, Key::EcP384]);
     let cases: Vec<(String, &str)> = vec![
         (
             "pkcs11:object=ec-p256;bogus%zz".to_owned(),
@@ -1113,24 +933,16 @@ fn bad_input_fails_clearly_and_quickly() {
     ];
     for (uri, reason) in cases {
         let sig = env.path("bad.sig");
-        let out = env.ossl(&[
-            "dgst",
-            "-sha256",
-            "-sign",
-            &uri,
-            "-out",
-            s(&sig),
-            "data.txt",
-        ]);
-        assert!(!out.success(), "{uri} succeeded");
+        let out = env.ossl(&dgst_sign("-sha256", &uri, &sig));
+        assert!(!out.success(), "{kind}: {uri} succeeded");
         assert!(
             out.stderr.contains(reason),
-            "{uri}: expected {reason:?} in\n{}",
+            "{kind}, {uri}: expected {reason:?} in\n{}",
             out.stderr
         );
         // (openssl itself echoes the URI it was given; our own messages never hold the PIN.)
         for line in out.stderr.lines().filter(|l| l.contains(":p11fwd:")) {
-            assert!(!line.contains("123456"), "PIN leaked: {line}");
+            assert!(!line.contains("123456"), "{kind}: PIN leaked: {line}");
         }
     }
     let out = env.ossl(&[
@@ -1142,7 +954,7 @@ fn bad_input_fails_clearly_and_quickly() {
     ]);
     assert!(
         out.stderr.contains("object=ec-p384;type=private"),
-        "the candidates are listed: {}",
+        "{kind}: the candidates are listed: {}",
         out.stderr
     );
     // No PIN anywhere and no terminal: a clear "PIN required", no prompt, no hang.
@@ -1162,20 +974,40 @@ fn bad_input_fails_clearly_and_quickly() {
         None,
         Duration::from_secs(30),
     );
-    assert!(!out.success());
+    assert!(!out.success(), "{kind}");
     assert!(
         out.stderr.contains("PIN required") || out.stderr.contains("needs a PIN"),
-        "{}",
+        "{kind}: {}",
         out.stderr
     );
 }
 
+/// No server at all, and a server that accepts and never answers: the same for either kind of
+/// server, so this test runs once. `run_with` kills a command that runs past its limit and the
+/// test then fails: that is the "never a hang" check.
 #[test]
-fn server_down_fails_with_a_clear_message_in_bounded_time() {
-    let mut env = Env::new(&[Key::EcP256]);
-    env.address = format!("unix:path={}", s(&env.path("nobody-listens.sock")));
-    let started = Instant::now();
-    let out = env.ossl(&["pkey", "-in", &env.key_uri("ec-p256"), "-pubout"]);
+fn server_down_fails_with_a_clear_message() {
+    let env = env(ServerKind::Forwarder, &[Key::EcP256]);
+    let uri = env.key_uri("ec-p256");
+    let pkey = |address: &str, timeout: Option<&str>| {
+        let mut cmd = env.openssl_cmd(&[
+            "pkey",
+            "-provider",
+            "p11fwd",
+            "-provider",
+            "default",
+            "-in",
+            &uri,
+            "-pubout",
+        ]);
+        cmd.env("P11FWD_SERVER_ADDRESS", address);
+        if let Some(t) = timeout {
+            cmd.env("P11FWD_TIMEOUT", t);
+        }
+        run_with(&mut cmd, None, Duration::from_secs(30))
+    };
+    let nobody = format!("unix:path={}", s(&env.path("nobody-listens.sock")));
+    let out = pkey(&nobody, None);
     assert!(!out.success());
     assert!(
         out.stderr.contains("cannot reach the p11fwd server"),
@@ -1183,7 +1015,6 @@ fn server_down_fails_with_a_clear_message_in_bounded_time() {
         out.stderr
     );
     assert!(out.stderr.contains("nobody-listens.sock"), "{}", out.stderr);
-    assert!(started.elapsed() < Duration::from_secs(10));
     // A server that accepts and then never answers: the per-call timeout ends it.
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("silent.sock");
@@ -1194,229 +1025,96 @@ fn server_down_fails_with_a_clear_message_in_bounded_time() {
             held.push(c);
         }
     });
-    env.address = format!("unix:path={}", s(&sock));
-    let started = Instant::now();
-    let mut cmd = env.openssl_cmd(&[
-        "pkey",
-        "-provider",
-        "p11fwd",
-        "-provider",
-        "default",
-        "-in",
-        &env.key_uri("ec-p256"),
-        "-pubout",
-    ]);
-    cmd.env("P11FWD_TIMEOUT", "2");
-    let out = run(&mut cmd);
+    let out = pkey(&format!("unix:path={}", s(&sock)), Some("2"));
     assert!(!out.success());
     assert!(
         out.stderr.contains("cannot reach the p11fwd server"),
         "{}",
         out.stderr
     );
-    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[test]
 fn round_trips_per_key_load_signature_and_csr() {
-    let mut env = Env::new(&[Key::EcP256, Key::Rsa2048]);
-    let relay_dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        relay_dir.path().join("relay.sock"),
-        env.server.socket_path(),
-        Duration::ZERO,
-    )
-    .unwrap();
-    env.address = relay.address();
-    for label in ["ec-p256", "rsa2048"] {
-        relay.reset_stats();
-        env.ok(&[
-            "pkey",
-            "-in",
-            &env.key_uri(label),
-            "-pubout",
-            "-out",
-            s(&env.path("rt.pub")),
-        ]);
-        let load = relay.stats().round_trips;
-        if std::env::var_os("P11FWD_TEST_DEBUG").is_some() {
-            let out = env.ok(&[
-                "pkey",
-                "-in",
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256, Key::Rsa2048, Key::Ed25519]);
+        for label in ["ec-p256", "rsa2048", "ed25519"] {
+            let what = format!("{kind}, {label}");
+            env.take_round_trips();
+            let pubkey = env.export_public(label);
+            let load = env.take_round_trips();
+            let sig = env.path("rt.sig");
+            if label == "ed25519" {
+                env.ok(&rawin_sign(&env.key_uri(label), &sig));
+            } else {
+                env.ok(&dgst_sign("-sha256", &env.key_uri(label), &sig));
+                env.verify(&pubkey, &sig, &["-sha256"]);
+            }
+            let sign = env.take_round_trips();
+            env.ok(&[
+                "req",
+                "-new",
+                "-key",
                 &env.key_uri(label),
-                "-pubout",
+                "-subj",
+                "/CN=rt",
                 "-out",
-                s(&env.path("rt.pub")),
+                s(&env.path("rt.csr")),
             ]);
-            eprintln!("{}", out.stderr);
+            let csr = env.take_round_trips();
+            println!(
+                "{what}: key load {load} round trips, load + 1 signature {sign}, req -new {csr}"
+            );
+            // Version byte + C_Initialize + slot list share a write: key load 4, req -new 5.
+            assert!(load <= 4, "{what}: key load took {load} round trips");
+            assert_eq!(sign, load + 1, "{what}: one round trip per signature");
+            assert!(csr <= 5, "{what}: req -new took {csr} round trips");
         }
-        relay.reset_stats();
-        env.ok(&[
-            "dgst",
-            "-sha256",
-            "-sign",
-            &env.key_uri(label),
-            "-out",
-            s(&env.path("rt.sig")),
-            "data.txt",
-        ]);
-        let sign = relay.stats().round_trips;
-        relay.reset_stats();
-        env.ok(&[
-            "req",
-            "-new",
-            "-key",
-            &env.key_uri(label),
-            "-subj",
-            "/CN=rt",
-            "-out",
-            s(&env.path("rt.csr")),
-        ]);
-        let csr = relay.stats().round_trips;
-        println!("{label}: key load {load} round trips, load + 1 signature {sign}, req -new {csr}");
-        // Version byte + C_Initialize + slot list share a write: key load 4, req -new 5.
-        assert!(load <= 4, "key load took {load} round trips");
-        assert_eq!(sign, load + 1, "one round trip per signature");
-        assert!(csr <= 5, "req -new took {csr} round trips");
     }
-}
-
-#[test]
-fn works_behind_p11fwd_server_too() {
-    let mut env = Env::new(&[Key::EcP256, Key::Rsa2048, Key::Ed25519]);
-    let server = OwnServer::start(
-        &p11fwd_tests::artifacts::forwarder_bin(),
-        env.token.module_path(),
-        &env.token,
-        &[],
-    );
-    let relay_dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
-        relay_dir.path().join("relay.sock"),
-        &server.socket,
-        Duration::ZERO,
-    )
-    .unwrap();
-    env.address = relay.address();
-    for label in ["ec-p256", "rsa2048"] {
-        relay.reset_stats();
-        let pubkey = env.export_public(label);
-        let load = relay.stats().round_trips;
-        relay.reset_stats();
-        let sig = env.path("fwd.sig");
-        env.ok(&[
-            "dgst",
-            "-sha256",
-            "-sign",
-            &env.key_uri(label),
-            "-out",
-            s(&sig),
-            "data.txt",
-        ]);
-        env.verify(&pubkey, &sig, &["-sha256"]);
-        let sign = relay.stats().round_trips;
-        relay.reset_stats();
-        env.ok(&[
-            "req",
-            "-new",
-            "-key",
-            &env.key_uri(label),
-            "-subj",
-            "/CN=fwd",
-            "-out",
-            s(&env.path("fwd.csr")),
-        ]);
-        let csr = relay.stats().round_trips;
-        println!(
-            "p11fwd server, {label}: key load {load}, load + 1 signature {sign}, req -new {csr}"
-        );
-        assert_eq!(sign, load + 1);
-        assert!(load <= 4 && csr <= 5);
-    }
-    let sig = env.path("fwd-ed.sig");
-    env.ok(&[
-        "pkeyutl",
-        "-sign",
-        "-rawin",
-        "-inkey",
-        &env.key_uri("ed25519"),
-        "-in",
-        "data.txt",
-        "-out",
-        s(&sig),
-    ]);
-    let out = run(&mut env.openssl_cmd(&[
-        "pkeyutl",
-        "-verify",
-        "-rawin",
-        "-pubin",
-        "-inkey",
-        s(&env.token.public_pem("ed25519")),
-        "-in",
-        "data.txt",
-        "-sigfile",
-        s(&sig),
-    ]));
-    assert!(
-        out.stdout.contains("Signature Verified Successfully"),
-        "{}{}",
-        out.stdout,
-        out.stderr
-    );
 }
 
 #[test]
 fn pin_from_the_config_file_and_from_the_application() {
-    let env = Env::new(&[Key::EcP256]);
+    for kind in KINDS {
+        pin_from_the_config_file_and_from_the_application_behind(kind);
+    }
+}
+
+fn pin_from_the_config_file_and_from_the_application_behind(kind: ServerKind) {
+    let env = env(kind, &[Key::EcP256]);
     let uri = format!("{};type=private", env.token.object_uri("ec-p256"));
     // The application's passphrase callback (`-passin`), named after the token.
     let out = env.ok(&["pkey", "-in", &uri, "-passin", "pass:123456", "-pubout"]);
-    assert!(out.stdout.contains("BEGIN PUBLIC KEY"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("BEGIN PUBLIC KEY"),
+        "{kind}: {}",
+        out.stdout
+    );
     // openssl.cnf only: server address and PIN file in p11fwd's section, no -provider flags.
     let pin_file = env.path("pin.txt");
     std::fs::write(&pin_file, "123456\n").unwrap();
-    let cnf = config_with(
-        &env,
+    let cnf = env.config_with(
         "p11fwd.cnf",
         &format!("pkcs11-module-token-pin = file:{}\n", pin_file.display()),
     );
     let sig = env.path("cnf.sig");
-    let mut cmd = env.openssl_cmd(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        &uri,
-        "-out",
-        s(&sig),
-        "data.txt",
-    ]);
+    let mut cmd = env.openssl_cmd(&dgst_sign("-sha256", &uri, &sig));
     cmd.env("OPENSSL_CONF", &cnf)
         .env_remove("P11FWD_SERVER_ADDRESS");
     let out = run(&mut cmd);
-    assert!(out.success(), "{}", out.stderr);
+    assert!(out.success(), "{kind}: {}", out.stderr);
     env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
-}
-
-/// openssl.cnf with p11fwd's section (`extra` appended to it) and `default`, both activated.
-fn config_with(env: &Env, name: &str, extra: &str) -> PathBuf {
-    let cnf = env.path(name);
-    std::fs::write(
-        &cnf,
-        format!(
-            "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n\
-             [provider_sect]\ndefault = default_sect\np11fwd = p11fwd_sect\n\
-             [default_sect]\nactivate = 1\n[p11fwd_sect]\nactivate = 1\n\
-             p11fwd-server-address = {}\n{extra}",
-            env.address,
-        ),
-    )
-    .unwrap();
-    cnf
 }
 
 #[test]
 fn block_operations_hides_them_as_pkcs11_provider_does() {
-    let env = Env::new(&[Key::EcP256]);
+    for kind in KINDS {
+        block_operations_hides_them_as_pkcs11_provider_does_behind(kind);
+    }
+}
+
+fn block_operations_hides_them_as_pkcs11_provider_does_behind(kind: ServerKind) {
+    let env = env(kind, &[Key::EcP256]);
     let with = |cnf: &Path, args: &[&str]| {
         let mut cmd = env.openssl_cmd(args);
         cmd.env("OPENSSL_CONF", cnf);
@@ -1425,58 +1123,58 @@ fn block_operations_hides_them_as_pkcs11_provider_does() {
     let p11fwd_lines =
         |out: &RunOutput| out.stdout.lines().filter(|l| l.contains("p11fwd")).count();
     // Nothing blocked: p11fwd offers signatures and key managers.
-    let open = config_with(&env, "open.cnf", "");
+    let open = env.config_with("open.cnf", "");
     for what in ["-signature-algorithms", "-key-managers"] {
         let out = with(&open, &["list", what]);
         assert!(
             out.success() && p11fwd_lines(&out) > 0,
-            "{what}: {}",
+            "{kind}, {what}: {}",
             out.stdout
         );
     }
     // `signature` blocked: no signature algorithms of p11fwd, key managers still there, and a
     // signature with a token key fails (the key cannot leave the token for `default`).
-    let blocked = config_with(
-        &env,
+    let blocked = env.config_with(
         "blocked.cnf",
         "pkcs11-module-block-operations = signature digest\n",
     );
     let out = with(&blocked, &["list", "-signature-algorithms"]);
-    assert!(out.success() && p11fwd_lines(&out) == 0, "{}", out.stdout);
+    assert!(
+        out.success() && p11fwd_lines(&out) == 0,
+        "{kind}: {}",
+        out.stdout
+    );
     let out = with(&blocked, &["list", "-digest-algorithms"]);
-    assert!(out.success() && p11fwd_lines(&out) == 0, "{}", out.stdout);
+    assert!(
+        out.success() && p11fwd_lines(&out) == 0,
+        "{kind}: {}",
+        out.stdout
+    );
     let out = with(&blocked, &["list", "-key-managers"]);
-    assert!(out.success() && p11fwd_lines(&out) > 0, "{}", out.stdout);
+    assert!(
+        out.success() && p11fwd_lines(&out) > 0,
+        "{kind}: {}",
+        out.stdout
+    );
     let uri = env.key_uri("ec-p256");
     let out = with(&blocked, &["dgst", "-sha256", "-sign", &uri, "data.txt"]);
-    assert!(!out.success(), "signed with signatures blocked");
-    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(!out.success(), "{kind}: signed with signatures blocked");
+    assert!(!out.stderr.contains("panicked"), "{kind}: {}", out.stderr);
     // The same command signs when nothing is blocked.
     let sig = env.path("open.sig");
-    let out = with(
-        &open,
-        &[
-            "dgst",
-            "-sha256",
-            "-sign",
-            &uri,
-            "-out",
-            s(&sig),
-            "data.txt",
-        ],
-    );
-    assert!(out.success(), "{}", out.stderr);
+    let out = with(&open, &dgst_sign("-sha256", &uri, &sig));
+    assert!(out.success(), "{kind}: {}", out.stderr);
     env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
     // A name pkcs11-provider does not know: the provider refuses to load, and says why.
-    let bad = config_with(&env, "bad.cnf", "pkcs11-module-block-operations = sign\n");
+    let bad = env.config_with("bad.cnf", "pkcs11-module-block-operations = sign\n");
     let out = with(&bad, &["list", "-providers"]);
-    assert!(!out.stdout.contains("p11fwd"), "{}", out.stdout);
+    assert!(!out.stdout.contains("p11fwd"), "{kind}: {}", out.stdout);
     let mut cmd = env.openssl_cmd(&["list", "-providers"]);
     cmd.env("OPENSSL_CONF", &bad).env("P11FWD_DEBUG", "1");
     let out = run(&mut cmd);
     assert!(
         out.stderr.contains("pkcs11-module-block-operations") && out.stderr.contains("\"sign\""),
-        "{}",
+        "{kind}: {}",
         out.stderr
     );
 }
@@ -1486,7 +1184,13 @@ fn block_operations_hides_them_as_pkcs11_provider_does() {
 /// itself and the token only exponentiates.
 #[test]
 fn raw_rsa_only_keys_sign_pkcs1_and_pss() {
-    let env = Env::new(&[Key::EcP256]);
+    for kind in KINDS {
+        raw_rsa_only_keys_sign_pkcs1_and_pss_behind(kind);
+    }
+}
+
+fn raw_rsa_only_keys_sign_pkcs1_and_pss_behind(kind: ServerKind) {
+    let env = env(kind, &[Key::EcP256]);
     env.token.generate_key_pair(
         "rsa-raw",
         "0b",
