@@ -667,9 +667,7 @@ fn threads_with_a_wrong_pin_send_it_once() {
 
 /// Three bursts of sixteen threads signing at once with one key.
 const SIGNING_BURSTS_C: &str = r#"
-#include <openssl/evp.h>
-#include <openssl/provider.h>
-#include <openssl/store.h>
+#include "p11fwd_test.h"
 #include <pthread.h>
 #include <stdio.h>
 
@@ -696,17 +694,9 @@ static void *sign(void *arg) {
 
 int main(int argc, char **argv) {
     pthread_t t[16];
-    if (argc != 2 || OSSL_PROVIDER_load(NULL, "default") == NULL
-        || OSSL_PROVIDER_load(NULL, "p11fwd") == NULL)
+    if (argc != 2 || !load_providers())
         return 2;
-    OSSL_STORE_CTX *s = OSSL_STORE_open(argv[1], NULL, NULL, NULL, NULL);
-    while (s != NULL && key == NULL && !OSSL_STORE_eof(s)) {
-        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
-        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
-            key = OSSL_STORE_INFO_get1_PKEY(i);
-        OSSL_STORE_INFO_free(i);
-    }
-    OSSL_STORE_close(s);
+    key = load_key(argv[1]);
     if (key == NULL)
         return 3;
     for (int burst = 0; burst < 3; burst++) {
@@ -745,9 +735,7 @@ fn sessions_beyond_the_pool_are_closed() {
 
 /// Signs, waits for a line on stdin, signs again.
 const SIGN_TWICE_C: &str = r#"
-#include <openssl/evp.h>
-#include <openssl/provider.h>
-#include <openssl/store.h>
+#include "p11fwd_test.h"
 #include <stdio.h>
 
 static int sign(EVP_PKEY *key) {
@@ -763,17 +751,9 @@ static int sign(EVP_PKEY *key) {
 int main(int argc, char **argv) {
     EVP_PKEY *key = NULL;
     char line[16];
-    if (argc != 2 || OSSL_PROVIDER_load(NULL, "default") == NULL
-        || OSSL_PROVIDER_load(NULL, "p11fwd") == NULL)
+    if (argc != 2 || !load_providers())
         return 2;
-    OSSL_STORE_CTX *s = OSSL_STORE_open(argv[1], NULL, NULL, NULL, NULL);
-    while (s != NULL && key == NULL && !OSSL_STORE_eof(s)) {
-        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
-        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
-            key = OSSL_STORE_INFO_get1_PKEY(i);
-        OSSL_STORE_INFO_free(i);
-    }
-    OSSL_STORE_close(s);
+    key = load_key(argv[1]);
     if (key == NULL || !sign(key))
         return 3;
     puts("first");
@@ -878,31 +858,15 @@ fn the_first_signature_after_a_server_restart_succeeds() {
 
 /// Loads two keys in one process and signs with the second.
 const SECOND_KEY_SIGNS_C: &str = r#"
-#include <openssl/evp.h>
-#include <openssl/provider.h>
-#include <openssl/store.h>
+#include "p11fwd_test.h"
 #include <stdio.h>
-
-static EVP_PKEY *load(const char *uri) {
-    EVP_PKEY *key = NULL;
-    OSSL_STORE_CTX *s = OSSL_STORE_open(uri, NULL, NULL, NULL, NULL);
-    while (s != NULL && key == NULL && !OSSL_STORE_eof(s)) {
-        OSSL_STORE_INFO *i = OSSL_STORE_load(s);
-        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
-            key = OSSL_STORE_INFO_get1_PKEY(i);
-        OSSL_STORE_INFO_free(i);
-    }
-    OSSL_STORE_close(s);
-    return key;
-}
 
 int main(int argc, char **argv) {
     unsigned char digest[32] = {1}, sig[512];
     size_t len = sizeof sig;
-    if (argc != 3 || OSSL_PROVIDER_load(NULL, "default") == NULL
-        || OSSL_PROVIDER_load(NULL, "p11fwd") == NULL)
+    if (argc != 3 || !load_providers())
         return 2;
-    EVP_PKEY *first = load(argv[1]), *second = load(argv[2]);
+    EVP_PKEY *first = load_key(argv[1]), *second = load_key(argv[2]);
     if (first == NULL || second == NULL)
         return 3;
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, second, NULL);
@@ -990,17 +954,7 @@ fn bad_input_fails_clearly_and_quickly_behind(kind: ServerKind) {
     // No PIN anywhere and no terminal: a clear "PIN required", no prompt, no hang.
     let no_pin = format!("{};type=private", env.token.object_uri("ec-p256"));
     let out = run_with(
-        env.openssl_cmd(&[
-            "pkey",
-            "-provider",
-            "p11fwd",
-            "-provider",
-            "default",
-            "-in",
-            &no_pin,
-            "-pubout",
-        ])
-        .env("OPENSSL_CONF", env.path("empty.cnf")),
+        &mut env.ossl_cmd(&["pkey", "-in", &no_pin, "-pubout"]),
         None,
         Duration::from_secs(30),
     );
@@ -1020,16 +974,7 @@ fn server_down_fails_with_a_clear_message() {
     let env = env(ServerKind::Forwarder, &[Key::EcP256]);
     let uri = env.key_uri("ec-p256");
     let pkey = |address: &str, timeout: Option<&str>| {
-        let mut cmd = env.openssl_cmd(&[
-            "pkey",
-            "-provider",
-            "p11fwd",
-            "-provider",
-            "default",
-            "-in",
-            &uri,
-            "-pubout",
-        ]);
+        let mut cmd = env.ossl_cmd(&["pkey", "-in", &uri, "-pubout"]);
         cmd.env("P11FWD_SERVER_ADDRESS", address);
         if let Some(t) = timeout {
             cmd.env("P11FWD_TIMEOUT", t);
@@ -1101,39 +1046,6 @@ fn round_trips_per_key_load_signature_and_csr() {
             assert!(csr <= 5, "{what}: req -new took {csr} round trips");
         }
     }
-}
-
-#[test]
-fn pin_from_the_config_file_and_from_the_application() {
-    for kind in KINDS {
-        pin_from_the_config_file_and_from_the_application_behind(kind);
-    }
-}
-
-fn pin_from_the_config_file_and_from_the_application_behind(kind: ServerKind) {
-    let env = env(kind, &[Key::EcP256]);
-    let uri = format!("{};type=private", env.token.object_uri("ec-p256"));
-    // The application's passphrase callback (`-passin`), named after the token.
-    let out = env.ok(&["pkey", "-in", &uri, "-passin", "pass:123456", "-pubout"]);
-    assert!(
-        out.stdout.contains("BEGIN PUBLIC KEY"),
-        "{kind}: {}",
-        out.stdout
-    );
-    // openssl.cnf only: server address and PIN file in p11fwd's section, no -provider flags.
-    let pin_file = env.path("pin.txt");
-    std::fs::write(&pin_file, "123456\n").unwrap();
-    let cnf = env.config_with(
-        "p11fwd.cnf",
-        &format!("pkcs11-module-token-pin = file:{}\n", pin_file.display()),
-    );
-    let sig = env.path("cnf.sig");
-    let mut cmd = env.openssl_cmd(&dgst_sign("-sha256", &uri, &sig));
-    cmd.env("OPENSSL_CONF", &cnf)
-        .env_remove("P11FWD_SERVER_ADDRESS");
-    let out = run(&mut cmd);
-    assert!(out.success(), "{kind}: {}", out.stderr);
-    env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
 }
 
 #[test]

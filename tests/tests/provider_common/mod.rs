@@ -91,6 +91,48 @@ impl Env {
         (env, log)
     }
 
+    /// A token with `keys` behind the test shim (`tests/tests/fixtures/token-shim.c`, built
+    /// here) behind a server of `kind`: the token reports `flags` on top of SoftHSM's (change
+    /// them with [`Shim::set_flags`]), a login without a PIN logs in with the user PIN (a PIN
+    /// pad), and every `C_Login` is logged.
+    pub fn with_shim(kind: ServerKind, keys: &[Key], flags: u64) -> (Self, Shim) {
+        let token = token(keys);
+        let dir = token.dir().to_path_buf();
+        let shim = Shim {
+            flags: dir.join("shim-flags"),
+            log: dir.join("shim-logins.log"),
+        };
+        shim.set_flags(flags);
+        let source = dir.join("token-shim.c");
+        let module = dir.join("libtoken-shim.so");
+        std::fs::write(&source, include_str!("../fixtures/token-shim.c")).unwrap();
+        let out = run(Command::new(require_tool("cc")).args([
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Werror",
+            "-o",
+            s(&module),
+            s(&source),
+            "-ldl",
+        ]));
+        assert_ok(&out, "cc token-shim.c");
+        let softhsm = token.module_path().to_path_buf();
+        let pin = token.user_pin();
+        let env = Self::with_module(
+            kind,
+            token,
+            &module,
+            &[
+                ("TOKEN_SHIM_REAL", softhsm.as_os_str()),
+                ("TOKEN_SHIM_FLAGS", shim.flags.as_os_str()),
+                ("TOKEN_SHIM_LOG", shim.log.as_os_str()),
+                ("TOKEN_SHIM_PIN", OsStr::new(pin)),
+            ],
+        );
+        (env, shim)
+    }
+
     fn with_server(token: TestToken, server: AnyServer) -> Self {
         let relay_dir = tempfile::tempdir().unwrap();
         let relay = Relay::start(
@@ -166,21 +208,22 @@ impl Env {
     /// `openssl <cmd> -provider default -provider p11fwd args...`: `default` first, the order
     /// the notes recommend (and that TLS needs); p11fwd first after [`Env::p11fwd_first`].
     pub fn ossl(&self, args: &[&str]) -> RunOutput {
-        if self.p11fwd_first {
-            return self.ossl_p11fwd_first(args);
-        }
-        let mut all: Vec<&str> = args[..1].to_vec();
-        all.extend(["-provider", "default", "-provider", "p11fwd"]);
-        all.extend(&args[1..]);
-        run(&mut self.openssl_cmd(&all))
+        run(&mut self.ossl_cmd(args))
+    }
+
+    /// The command [`Env::ossl`] runs.
+    pub fn ossl_cmd(&self, args: &[&str]) -> Command {
+        let order = if self.p11fwd_first {
+            ["p11fwd", "default"]
+        } else {
+            ["default", "p11fwd"]
+        };
+        self.openssl_cmd(&with_providers(args, order))
     }
 
     /// `openssl <cmd> -provider p11fwd -provider default args...` (p11fwd first).
     pub fn ossl_p11fwd_first(&self, args: &[&str]) -> RunOutput {
-        let mut all: Vec<&str> = args[..1].to_vec();
-        all.extend(["-provider", "p11fwd", "-provider", "default"]);
-        all.extend(&args[1..]);
-        run(&mut self.openssl_cmd(&all))
+        run(&mut self.openssl_cmd(&with_providers(args, ["p11fwd", "default"])))
     }
 
     /// `openssl args...` with only the default provider (the software reference).
@@ -264,11 +307,12 @@ impl Env {
     }
 
     /// Compiles the C program `source` (`cc -Wall -Werror ... -lcrypto -lpthread`) into the
-    /// scratch dir.
+    /// scratch dir. It may `#include "p11fwd_test.h"` ([`C_HELPERS`]).
     #[track_caller]
     pub fn compile_c(&self, name: &str, source: &str) -> PathBuf {
         let src = self.path(&format!("{name}.c"));
         let bin = self.path(name);
+        std::fs::write(self.path("p11fwd_test.h"), C_HELPERS).unwrap();
         std::fs::write(&src, source).unwrap();
         let out = run(Command::new(require_tool("cc")).args([
             "-Wall",
@@ -296,6 +340,14 @@ impl Env {
         self.relay.reset_stats();
         n
     }
+}
+
+/// `args` with `-provider <first> -provider <second>` after the command name.
+fn with_providers<'a>(args: &[&'a str], order: [&'a str; 2]) -> Vec<&'a str> {
+    let mut all: Vec<&str> = args[..1].to_vec();
+    all.extend(["-provider", order[0], "-provider", order[1]]);
+    all.extend(&args[1..]);
+    all
 }
 
 #[track_caller]
@@ -333,6 +385,74 @@ pub fn rawin_sign<'a>(key: &'a str, sig: &'a Path) -> [&'a str; 9] {
         s(sig),
     ]
 }
+
+/// `p11fwd_test.h`, for the tests' C programs: the usual headers, `load_providers()` (`default`
+/// then p11fwd) and `load_key(uri)` (the first private key OSSL_STORE finds, with no passphrase
+/// callback: the PIN comes from the URI, the configuration or p11fwd's own prompt).
+pub const C_HELPERS: &str = r#"
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/provider.h>
+#include <openssl/store.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline int load_providers(void) {
+    if (OSSL_PROVIDER_load(NULL, "default") != NULL && OSSL_PROVIDER_load(NULL, "p11fwd") != NULL)
+        return 1;
+    ERR_print_errors_fp(stderr);
+    return 0;
+}
+
+static inline EVP_PKEY *load_key(const char *uri) {
+    EVP_PKEY *key = NULL;
+    OSSL_STORE_CTX *st = OSSL_STORE_open(uri, NULL, NULL, NULL, NULL);
+    while (st != NULL && key == NULL && !OSSL_STORE_eof(st)) {
+        OSSL_STORE_INFO *i = OSSL_STORE_load(st);
+        if (i != NULL && OSSL_STORE_INFO_get_type(i) == OSSL_STORE_INFO_PKEY)
+            key = OSSL_STORE_INFO_get1_PKEY(i);
+        OSSL_STORE_INFO_free(i);
+    }
+    OSSL_STORE_close(st);
+    if (key == NULL) {
+        fprintf(stderr, "no key at %s\n", uri);
+        ERR_print_errors_fp(stderr);
+    }
+    return key;
+}
+"#;
+
+/// The files of a token behind the test shim ([`Env::with_shim`]).
+pub struct Shim {
+    /// The token flags the shim adds (hex).
+    pub flags: PathBuf,
+    /// One line per `C_Login`: `C_Login user=<n> pin=<none|given>`.
+    pub log: PathBuf,
+}
+
+impl Shim {
+    /// From now on the token reports `flags` on top of SoftHSM's own.
+    pub fn set_flags(&self, flags: u64) {
+        std::fs::write(&self.flags, format!("{flags:#x}\n")).unwrap();
+    }
+
+    /// The `C_Login` calls the token got so far.
+    pub fn logins(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// CKF_PROTECTED_AUTHENTICATION_PATH: the PIN is entered on the device.
+pub const CKF_PROTECTED_AUTHENTICATION_PATH: u64 = 0x100;
+/// CKF_USER_PIN_FINAL_TRY: one more wrong user PIN locks it.
+pub const CKF_USER_PIN_FINAL_TRY: u64 = 0x2_0000;
+/// CKF_USER_PIN_TO_BE_CHANGED: the user PIN must be changed before use.
+pub const CKF_USER_PIN_TO_BE_CHANGED: u64 = 0x8_0000;
 
 /// The calls in a pkcs11-spy log, one line each (`C_Login CKU_USER`, `C_SignInit
 /// CKM_SHA256_RSA_PKCS`, `C_OpenSession`...): names with the user type or mechanism, never the
