@@ -18,7 +18,7 @@ use p11fwd_wire::consts::*;
 use p11fwd_wire::{Attribute, CallId, Mechanism};
 use zeroize::Zeroizing;
 
-use crate::backend::{Auth, Link, ObjectAttrs, Token};
+use crate::backend::{Auth, Link, ObjectAttrs, PinFrom, Token};
 use crate::der::{self, EcParams, oid};
 use crate::error::Error;
 use crate::ffi::cast::{Castable, OwnershipArc};
@@ -588,8 +588,8 @@ impl Key {
             return Ok((link, token, handle));
         }
         let auth = if needs_login {
-            let pin = if token.protected_path() {
-                None
+            if token.protected_path() {
+                Auth::User(None, PinFrom::Typed)
             } else {
                 let pin = backend
                     .remembered_pin(&token)
@@ -598,9 +598,11 @@ impl Key {
                     Some(p) => Some(p),
                     None => backend.configured_pin()?,
                 };
-                Some(pin.ok_or(Error::PinRequired(token.label()))?)
-            };
-            Auth::User(pin)
+                Auth::User(
+                    Some(pin.ok_or(Error::PinRequired(token.label()))?),
+                    PinFrom::Given,
+                )
+            }
         } else {
             Auth::None
         };
@@ -745,14 +747,20 @@ impl Key {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            match pin {
-                Some(p) => Some(p),
-                None if token.protected_path() => None,
-                None => match crate::ffi::ui::prompt(&token.label()) {
-                    Some(p) => Some(p),
+            let final_try = token.flags() & CKF_USER_PIN_FINAL_TRY != 0;
+            let (pin, from) = match pin {
+                Some(p) => (Some(p), PinFrom::Given),
+                None if token.protected_path() => (None, PinFrom::Typed),
+                None => match crate::ffi::ui::prompt(&token.label(), final_try) {
+                    Some(p) => (Some(p), PinFrom::Typed),
                     None => return (fail_all(Error::PinRequired(token.label())), false),
                 },
+            };
+            // The PIN state as the user login left it (that login cleared the final try).
+            if let Err(e) = token.check_pin_state(from) {
+                return (fail_all(e), false);
             }
+            pin
         } else {
             None
         };

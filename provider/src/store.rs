@@ -20,7 +20,7 @@ use p11fwd_wire::Attribute;
 use p11fwd_wire::consts::*;
 use zeroize::Zeroizing;
 
-use crate::backend::{Auth, Link, ObjectAttrs, Token};
+use crate::backend::{Auth, Link, ObjectAttrs, PinFrom, Token};
 use crate::config::LoginBehavior;
 use crate::error::Error;
 use crate::ffi::cast::{Castable, OwnershipBox};
@@ -39,8 +39,9 @@ pub(crate) enum Expect {
 
 /// Asks the application or the user for a PIN.
 pub(crate) trait PinPrompt {
-    /// The PIN for the token labelled `token`, or `None`.
-    fn ask(&mut self, token: &str) -> Option<Zeroizing<String>>;
+    /// The PIN for the token labelled `token`, and where it came from, or `None`. On the
+    /// token's `final_try` only a PIN typed at p11fwd's own prompt.
+    fn ask(&mut self, token: &str, final_try: bool) -> Option<(Zeroizing<String>, PinFrom)>;
 }
 
 /// One object found.
@@ -250,6 +251,7 @@ impl StoreCtx {
             return false;
         }
         if self.uri.slot_description().is_some() || self.uri.slot_manufacturer().is_some() {
+            link.count_round_trip();
             let Ok(info) = link.client.get_slot_info(token.slot) else {
                 return false;
             };
@@ -263,6 +265,7 @@ impl StoreCtx {
             }
         }
         if self.uri.has_library_attributes() {
+            link.count_round_trip();
             let Ok(info) = link.client.get_info() else {
                 return false;
             };
@@ -278,45 +281,21 @@ impl StoreCtx {
         true
     }
 
-    /// The PIN for `token`, in the documented order; `Ok(None)` for a protected path. A PIN
-    /// that came from the prompt is remembered only with `pkcs11-module-cache-pins`.
-    fn pin(
-        &self,
-        token: &Token,
-        prompt: &mut dyn PinPrompt,
-    ) -> Result<Option<Zeroizing<String>>, Error> {
-        if token.protected_path() {
-            return Ok(None);
-        }
-        if let Some(pin) = self.pin_without_prompt(token)? {
-            return Ok(Some(pin));
-        }
-        let backend = self.provctx.backend();
-        match prompt.ask(&token.label()) {
-            Some(pin) => {
-                if backend.cache_pins {
-                    backend.remember_pin(token, &pin);
-                }
-                Ok(Some(pin))
-            }
-            None => Err(Error::PinRequired(token.label())),
-        }
+    /// How to log in to `token`: the PIN in the documented order (`Backend::login_pin`).
+    fn auth(&self, link: &Link, token: &Token, prompt: &mut dyn PinPrompt) -> Result<Auth, Error> {
+        let given = self.pin_without_prompt(token)?;
+        let (pin, from) = self
+            .provctx
+            .backend()
+            .login_pin(link, token, given, prompt)?;
+        Ok(Auth::User(pin, from))
     }
 
     /// The PIN from the URI, the configuration or an earlier login.
     fn pin_without_prompt(&self, token: &Token) -> Result<Option<Zeroizing<String>>, Error> {
-        let backend = self.provctx.backend();
-        let from_uri = p11fwd_conf::pin::resolve_pin(&self.uri).map_err(|e| Error::UriParse {
-            uri: self.shown.clone(),
-            problem: e.to_string(),
-        })?;
-        if let Some(pin) = from_uri {
-            return Ok(Some(pin));
-        }
-        if let Some(pin) = backend.configured_pin()? {
-            return Ok(Some(pin));
-        }
-        Ok(backend.remembered_pin(token))
+        self.provctx
+            .backend()
+            .given_pin(&self.uri, &self.shown, token)
     }
 
     fn template(&self, class: Option<ObjectClass>) -> Vec<Attribute> {
@@ -414,10 +393,12 @@ impl StoreCtx {
             && (behavior == LoginBehavior::Always || (wants_private && token.login_required()));
         let mut pin_used = None;
         let auth = if login_now {
-            match self.pin(token, prompt) {
-                Ok(pin) => {
-                    pin_used.clone_from(&pin);
-                    Auth::User(pin)
+            match self.auth(link, token, prompt) {
+                Ok(auth) => {
+                    if let Auth::User(pin, _) = &auth {
+                        pin_used.clone_from(pin);
+                    }
+                    auth
                 }
                 // Everything was asked for: list what is visible without a login.
                 Err(Error::PinRequired(_)) if wanted.len() > 1 => Auth::None,
@@ -441,7 +422,7 @@ impl StoreCtx {
                 return Err(e);
             }
             tracing::debug!(error = %e, "login failed; listing public objects");
-        } else if let (Auth::User(_), Some(pin)) = (&auth, &pin_used)
+        } else if let (Auth::User(_, PinFrom::Given), Some(pin)) = (&auth, &pin_used)
             && self.pin_without_prompt(token).ok().flatten().is_some()
         {
             // A configured PIN that worked: kept for logins on later connections (fork).
@@ -453,9 +434,8 @@ impl StoreCtx {
             && !wants_private
             && token.login_required()
             && !token.logged_in()
-            && let Ok(pin) = self.pin(token, prompt)
+            && let Ok(auth) = self.auth(link, token, prompt)
         {
-            let auth = Auth::User(pin.clone());
             let (again, err) = link.find(token, session.handle, self.template(class), &auth)?;
             if let Some(e) = err {
                 return Err(e);

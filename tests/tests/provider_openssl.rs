@@ -736,17 +736,6 @@ fn sessions_beyond_the_pool_are_closed() {
 /// Signs, waits for a line on stdin, signs again.
 const SIGN_TWICE_C: &str = r#"
 #include "p11fwd_test.h"
-#include <stdio.h>
-
-static int sign(EVP_PKEY *key) {
-    unsigned char digest[32] = {1}, sig[256];
-    size_t len = sizeof sig;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-    int ok = ctx != NULL && EVP_PKEY_sign_init(ctx) > 0
-        && EVP_PKEY_sign(ctx, sig, &len, digest, sizeof digest) > 0;
-    EVP_PKEY_CTX_free(ctx);
-    return ok;
-}
 
 int main(int argc, char **argv) {
     EVP_PKEY *key = NULL;
@@ -754,13 +743,13 @@ int main(int argc, char **argv) {
     if (argc != 2 || !load_providers())
         return 2;
     key = load_key(argv[1]);
-    if (key == NULL || !sign(key))
+    if (key == NULL || !sign_digest(key))
         return 3;
     puts("first");
     fflush(stdout);
     if (fgets(line, sizeof line, stdin) == NULL)
         return 4;
-    if (!sign(key))
+    if (!sign_digest(key))
         return 5;
     puts("second");
     EVP_PKEY_free(key);
@@ -862,17 +851,12 @@ const SECOND_KEY_SIGNS_C: &str = r#"
 #include <stdio.h>
 
 int main(int argc, char **argv) {
-    unsigned char digest[32] = {1}, sig[512];
-    size_t len = sizeof sig;
     if (argc != 3 || !load_providers())
         return 2;
     EVP_PKEY *first = load_key(argv[1]), *second = load_key(argv[2]);
     if (first == NULL || second == NULL)
         return 3;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, second, NULL);
-    if (ctx == NULL || EVP_PKEY_sign_init(ctx) <= 0
-        || EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) <= 0
-        || EVP_PKEY_sign(ctx, sig, &len, digest, sizeof digest) <= 0)
+    if (!sign_digest(second))
         return 4;
     puts("signed");
     return 0;

@@ -17,7 +17,8 @@ mod provider_common;
 use p11fwd_tests::Key;
 use p11fwd_tests::run::run;
 use provider_common::{
-    CKF_PROTECTED_AUTHENTICATION_PATH, Env, KINDS, dgst_sign, spy_calls, spy_count, under_pty,
+    CKF_PROTECTED_AUTHENTICATION_PATH, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_TO_BE_CHANGED, Env,
+    KINDS, dgst_sign, spy_calls, spy_count, under_pty,
 };
 
 /// `load_sign URI [N]`: loads the private key with OSSL_STORE and no passphrase callback (so the
@@ -204,5 +205,127 @@ fn always_authenticate_logs_in_once_per_signature() {
             .filter(|c| *c == "C_Sign")
             .count();
         assert_eq!(signatures, 2, "{kind}: signatures");
+    }
+}
+
+/// `connect_then_sign FIRST SECOND`: loads everything at FIRST (a public key: connects, no
+/// login), prints "connected", waits for a line on stdin, then loads the private key at SECOND
+/// and signs once.
+const CONNECT_THEN_SIGN_C: &str = r#"
+#include "p11fwd_test.h"
+
+int main(int argc, char **argv) {
+    char line[16];
+    if (argc != 3 || !load_providers())
+        return 2;
+    OSSL_STORE_CTX *st = OSSL_STORE_open(argv[1], NULL, NULL, NULL, NULL);
+    while (st != NULL && !OSSL_STORE_eof(st))
+        OSSL_STORE_INFO_free(OSSL_STORE_load(st));
+    OSSL_STORE_close(st);
+    puts("connected");
+    fflush(stdout);
+    if (fgets(line, sizeof line, stdin) == NULL)
+        return 4;
+    EVP_PKEY *key = load_key(argv[2]);
+    if (key == NULL || !sign_digest(key))
+        return 3;
+    puts("signed");
+    return 0;
+}
+"#;
+
+/// The token's PIN state stops automatic logins, as pkcs11-provider does: on
+/// CKF_USER_PIN_FINAL_TRY no PIN from the URI, the configuration or the application is sent
+/// (only one typed at p11fwd's own prompt, which says it is the final try); on
+/// CKF_USER_PIN_TO_BE_CHANGED none at all. SoftHSM never sets these flags (it only sets
+/// CKF_USER_PIN_COUNT_LOW after wrong PINs), so the test shim adds them.
+#[test]
+fn final_try_and_pin_to_be_changed_stop_automatic_logins() {
+    for kind in KINDS {
+        let (env, shim) = Env::with_shim(kind, &[Key::EcP256], CKF_USER_PIN_FINAL_TRY);
+        let uri = bare_uri(&env, "ec-p256");
+        let sig = env.path("never.sig");
+        let cnf = env.config_with("pin.cnf", "pkcs11-module-token-pin = 123456\n");
+        for (what, out) in [
+            (
+                "URI",
+                env.ossl(&dgst_sign("-sha256", &env.key_uri("ec-p256"), &sig)),
+            ),
+            ("-passin", {
+                let mut args = dgst_sign("-sha256", &uri, &sig).to_vec();
+                args.splice(1..1, ["-passin", "pass:123456"]);
+                env.ossl(&args)
+            }),
+            ("openssl.cnf", {
+                let mut cmd = env.openssl_cmd(&dgst_sign("-sha256", &uri, &sig));
+                cmd.env("OPENSSL_CONF", &cnf);
+                run(&mut cmd)
+            }),
+        ] {
+            assert!(!out.success(), "{kind}: final try, PIN from {what}: signed");
+            assert!(
+                out.stderr.contains("PIN not sent") && out.stderr.contains("FINAL_TRY"),
+                "{kind}: final try, PIN from {what}:\n{}",
+                out.stderr
+            );
+        }
+        assert_eq!(shim.logins(), Vec::<String>::new(), "{kind}: no PIN sent");
+        // Typed at p11fwd's own prompt, which warns: sent.
+        let bin = env.compile_c("load_sign", LOAD_SIGN_C);
+        let mut program = env.c_command(&bin);
+        program.arg(&uri);
+        let prompt = "Enter PIN for p11fwd-test (final try: a wrong PIN locks it): ";
+        let (ok, transcript) = under_pty(&program, Some((prompt, "123456")));
+        assert!(
+            ok && transcript.contains("signed 1"),
+            "{kind}: typed on the final try:\n{transcript}"
+        );
+        assert_eq!(shim.logins(), ["C_Login user=1 pin=given"], "{kind}");
+        // To be changed: no PIN from anywhere, not even typed.
+        shim.set_flags(CKF_USER_PIN_TO_BE_CHANGED);
+        let out = env.ossl(&dgst_sign("-sha256", &env.key_uri("ec-p256"), &sig));
+        assert!(
+            !out.success()
+                && out.stderr.contains("PIN not sent")
+                && out.stderr.contains("TO_BE_CHANGED"),
+            "{kind}: PIN to be changed:\n{}",
+            out.stderr
+        );
+        assert_eq!(shim.logins().len(), 1, "{kind}: {:?}", shim.logins());
+    }
+}
+
+/// The PIN state is read again before an automatic login that does not immediately follow the
+/// connection's setup: a process that connected (for a public key) before the token reached
+/// its final try sends no PIN when it later loads the private key.
+#[test]
+fn the_pin_state_is_read_again_before_a_later_login() {
+    use std::io::{BufRead, Write};
+    for kind in KINDS {
+        let (env, shim) = Env::with_shim(kind, &[Key::EcP256], 0);
+        let bin = env.compile_c("connect_then_sign", CONNECT_THEN_SIGN_C);
+        let mut child = env
+            .c_command(&bin)
+            .arg(format!("{};type=public", env.token.object_uri("ec-p256")))
+            .arg(env.key_uri("ec-p256"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "connected\n", "{kind}");
+        shim.set_flags(CKF_USER_PIN_FINAL_TRY);
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("FINAL_TRY"),
+            "{kind}: {:?}\n{stderr}",
+            out.status
+        );
+        assert_eq!(shim.logins(), Vec::<String>::new(), "{kind}: no PIN sent");
     }
 }

@@ -387,8 +387,9 @@ pub fn rawin_sign<'a>(key: &'a str, sig: &'a Path) -> [&'a str; 9] {
 }
 
 /// `p11fwd_test.h`, for the tests' C programs: the usual headers, `load_providers()` (`default`
-/// then p11fwd) and `load_key(uri)` (the first private key OSSL_STORE finds, with no passphrase
-/// callback: the PIN comes from the URI, the configuration or p11fwd's own prompt).
+/// then p11fwd), `load_key(uri)` (the first private key OSSL_STORE finds, with no passphrase
+/// callback: the PIN comes from the URI, the configuration or p11fwd's own prompt) and
+/// `sign_digest(key)` (`EVP_PKEY_sign` of a SHA-256-sized digest; 1 on success, errors printed).
 pub const C_HELPERS: &str = r#"
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -420,6 +421,19 @@ static inline EVP_PKEY *load_key(const char *uri) {
         ERR_print_errors_fp(stderr);
     }
     return key;
+}
+
+static inline int sign_digest(EVP_PKEY *key) {
+    unsigned char digest[32] = {1}, sig[1024];
+    size_t len = sizeof sig;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    int ok = ctx != NULL && EVP_PKEY_sign_init(ctx) > 0
+        && EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) > 0
+        && EVP_PKEY_sign(ctx, sig, &len, digest, sizeof digest) > 0;
+    EVP_PKEY_CTX_free(ctx);
+    if (!ok)
+        ERR_print_errors_fp(stderr);
+    return ok;
 }
 "#;
 
