@@ -411,6 +411,28 @@ impl Key {
         }
     }
 
+    /// The public key of a certificate on the token, for a token without a public-key object
+    /// (many smart cards): `type=public` URIs find it.
+    pub(crate) fn from_certificate_object(
+        provctx: &Arc<ProvCtx>,
+        token: &Token,
+        cert: &ObjectAttrs,
+    ) -> Result<Self, Error> {
+        let (kind, public) =
+            cert.value
+                .as_deref()
+                .and_then(from_certificate)
+                .ok_or(Error::Unsupported(
+                    "the public key algorithm of this certificate",
+                ))?;
+        let mut key = Self::detached(Arc::clone(provctx), kind, public);
+        key.token_identity = token.identity();
+        key.token_label = token.label();
+        key.mechanisms = token.mechanisms.clone();
+        key.uri = object_uri(token, cert, ObjectClass::PublicKey)?;
+        Ok(key)
+    }
+
     /// Whether this key lives on a token (has a URI), as opposed to an imported public key.
     pub(crate) fn is_on_token(&self) -> bool {
         !self.uri.is_empty()

@@ -315,6 +315,11 @@ impl StoreCtx {
         t
     }
 
+    /// Whether the URI (or the store's alias) names an object: a label or an id.
+    fn names_object(&self) -> bool {
+        self.uri.object().is_some() || self.uri.id().is_some() || self.alias.is_some()
+    }
+
     /// Whether searching `token` for `wanted` would log in with a PIN.
     fn login_needed(&self, token: &Token, wanted: &[ObjectClass]) -> bool {
         let behavior = self.provctx.backend().login_behavior;
@@ -410,6 +415,9 @@ impl StoreCtx {
         // One class only when it is all we want and the URI names no object: otherwise take
         // every class, so a key's public key and certificate come in the same reply.
         let class = match wanted {
+            // Every class when the URI names the key: its certificate (or private key) stands
+            // in for a missing public-key object.
+            [ObjectClass::PublicKey] if self.names_object() => None,
             [c] if *c != ObjectClass::PrivateKey => Some(*c),
             [c] if self.uri.object().is_none() && self.uri.id().is_none() => Some(*c),
             _ => None,
@@ -477,7 +485,16 @@ impl StoreCtx {
                     p.class == Some(CKO_PUBLIC_KEY) && p.id == o.id && p.ec_point.is_some()
                 })
         });
-        if wanted.contains(&ObjectClass::Certificate) || key_without_public {
+        // Public keys asked for, and a certificate without a public-key object of its id.
+        let public_from_cert = wanted == [ObjectClass::PublicKey]
+            && self.names_object()
+            && objects.iter().any(|c| {
+                c.class == Some(CKO_CERTIFICATE)
+                    && !objects
+                        .iter()
+                        .any(|p| p.class == Some(CKO_PUBLIC_KEY) && p.id == c.id)
+            });
+        if wanted.contains(&ObjectClass::Certificate) || key_without_public || public_from_cert {
             link.certificate_values(session.handle, &mut objects)?;
         }
         drop(session);
@@ -544,7 +561,23 @@ impl StoreCtx {
                         cert: companion(k, CKO_CERTIFICATE),
                     };
                     if let Ok(key) = Key::build(&self.provctx, link, token, &parts, true) {
+                        seen_ids.push(k.id.clone());
                         found.push(self.register(key.public_only()));
+                    }
+                }
+                // Certificates whose key has neither a public-key object nor a private key
+                // visible here give theirs, when the URI names that key (not when listing: a
+                // CA certificate on the token is no key of the token).
+                for c in of_class(CKO_CERTIFICATE) {
+                    if seen_ids.contains(&c.id) || !self.names_object() {
+                        continue;
+                    }
+                    match Key::from_certificate_object(&self.provctx, token, c) {
+                        Ok(key) => {
+                            seen_ids.push(c.id.clone());
+                            found.push(self.register(key));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "skipping a certificate's key"),
                     }
                 }
             }

@@ -643,15 +643,35 @@ impl TestToken {
     #[track_caller]
     pub fn generate_key_pair(&self, label: &str, id: &str, key_type: &str, extra: &[&str]) {
         run_ok(
-            self.command(require_tool("pkcs11-tool"))
-                .arg("--module")
-                .arg(&self.module)
-                .args(["--token-label", &self.label, "--login", "--pin"])
-                .arg(self.user_pin())
+            self.pkcs11_tool()
                 .args(["--keypairgen", "--key-type", key_type, "--label", label])
                 .args(["--id", id])
                 .args(extra),
         );
+    }
+
+    /// Deletes the object of `kind` (pkcs11-tool's `--type`: `pubkey`, `privkey`, `cert`, ...)
+    /// labelled `label`, with `pkcs11-tool --delete-object`: for layouts such as a private key
+    /// whose public part is only in its certificate. Running servers see it on their next search.
+    ///
+    /// # Panics
+    /// If pkcs11-tool is missing or fails.
+    #[track_caller]
+    pub fn delete_object(&self, kind: &str, label: &str) {
+        run_ok(
+            self.pkcs11_tool()
+                .args(["--delete-object", "--type", kind, "--label", label]),
+        );
+    }
+
+    /// `pkcs11-tool --module <softhsm> --token-label <label> --login --pin <user PIN>`.
+    fn pkcs11_tool(&self) -> Command {
+        let mut cmd = self.command(require_tool("pkcs11-tool"));
+        cmd.arg("--module")
+            .arg(&self.module)
+            .args(["--token-label", &self.label, "--login", "--pin"])
+            .arg(self.user_pin());
+        cmd
     }
 }
 

@@ -245,37 +245,10 @@ fn every_command_with_every_key_type() {
             // x509 -req -CA -CAkey (X509_check_private_key compares the token key with the CA
             // certificate's) and ca -keyfile.
             let leaf = env.path(&format!("{label}.x509.pem"));
-            env.ok(&[
-                "x509",
-                "-req",
-                "-in",
-                s(&leaf_csr),
-                "-CA",
-                s(&ca),
-                "-CAkey",
-                &uri,
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                s(&leaf),
-            ]);
+            env.ok(&x509_ca_sign(&leaf_csr, s(&ca), &uri, &leaf));
             verify_cert(&env, &what, &ca, &leaf);
             let leaf = env.path(&format!("{label}.ca.leaf.pem"));
-            env.ok(&[
-                "ca",
-                "-batch",
-                "-config",
-                s(&ca_conf),
-                "-cert",
-                s(&ca),
-                "-keyfile",
-                &uri,
-                "-in",
-                s(&leaf_csr),
-                "-out",
-                s(&leaf),
-            ]);
+            env.ok(&ca_sign(&ca_conf, s(&ca), &uri, &leaf_csr, &leaf));
             verify_cert(&env, &what, &ca, &leaf);
 
             // dgst -sign.
@@ -318,12 +291,12 @@ fn every_command_with_every_key_type() {
             // cms -sign with the CA certificate as signer.
             let signed = env.path(&format!("{label}.cms"));
             if eddsa {
-                let out = env.ossl(&cms_sign(&ca, &uri, &signed, &[]));
+                let out = env.ossl(&cms_sign(s(&ca), &uri, &signed, &[]));
                 assert!(!out.success(), "{what}: cms -sign now works with EdDSA");
                 openssl_refuses_too(
                     &env,
                     &what,
-                    &cms_sign(&ca, &soft_key(&env, label), &signed, &[]),
+                    &cms_sign(s(&ca), &soft_key(&env, label), &signed, &[]),
                 );
                 continue;
             }
@@ -332,7 +305,7 @@ fn every_command_with_every_key_type() {
             } else {
                 &[]
             };
-            env.ok(&cms_sign(&ca, &uri, &signed, pss));
+            env.ok(&cms_sign(s(&ca), &uri, &signed, pss));
             let out = cms_verify(&env, &signed, &ca);
             assert!(
                 out.stderr.contains("Verification successful"),
@@ -344,9 +317,52 @@ fn every_command_with_every_key_type() {
     }
 }
 
+/// `x509 -req -in <csr> -CA <ca> -CAkey <key> -CAcreateserial -days 2 -out <out>`.
+fn x509_ca_sign<'a>(csr: &'a Path, ca: &'a str, key: &'a str, out: &'a Path) -> [&'a str; 13] {
+    [
+        "x509",
+        "-req",
+        "-in",
+        s(csr),
+        "-CA",
+        ca,
+        "-CAkey",
+        key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        s(out),
+    ]
+}
+
+/// `ca -batch -config <conf> -cert <ca> -keyfile <key> -in <csr> -out <out>`.
+fn ca_sign<'a>(
+    conf: &'a Path,
+    ca: &'a str,
+    key: &'a str,
+    csr: &'a Path,
+    out: &'a Path,
+) -> [&'a str; 12] {
+    [
+        "ca",
+        "-batch",
+        "-config",
+        s(conf),
+        "-cert",
+        ca,
+        "-keyfile",
+        key,
+        "-in",
+        s(csr),
+        "-out",
+        s(out),
+    ]
+}
+
 /// `cms -sign -in data.txt -signer <signer> -inkey <key> -nodetach -outform PEM -out <out>`.
-fn cms_sign<'a>(signer: &'a Path, key: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["cms", "-sign", "-in", "data.txt", "-signer", s(signer)];
+fn cms_sign<'a>(signer: &'a str, key: &'a str, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["cms", "-sign", "-in", "data.txt", "-signer", signer];
     args.extend([
         "-inkey",
         key,
@@ -436,7 +452,7 @@ fn cms_needs_pss_padding_for_rsa_pss_keys_in_software_too() {
         (&["-keyopt", "rsa_padding_mode:pss"][..], true),
     ] {
         let signed = env.path("pss.cms");
-        env.soft_ok(&cms_sign(&cert, s(&key), &signed, extra));
+        env.soft_ok(&cms_sign(s(&cert), s(&key), &signed, extra));
         let out = cms_verify(&env, &signed, &cert);
         assert_eq!(
             out.stderr.contains("Verification successful"),
@@ -454,11 +470,7 @@ fn storeutl_lists_objects_with_uris_that_resolve_to_themselves() {
         let all = format!("{}?pin-value={}", env.token.uri(), env.token.user_pin());
         let out = env.ok(&["storeutl", "-text", &all]);
         // 2 certificates, 3 public keys, 3 private keys.
-        assert!(
-            out.stdout.contains("Total found: 8"),
-            "{kind}: {}",
-            out.stdout
-        );
+        assert_found(&out, 8, &kind.to_string());
         let uris: Vec<&str> = out
             .stdout
             .lines()
@@ -499,10 +511,123 @@ fn storeutl_lists_objects_with_uris_that_resolve_to_themselves() {
             "/CN=rsa2048/O=p11fwd-test",
             &env.token.uri(),
         ]);
+        assert_found(&out, 1, &kind.to_string());
+    }
+}
+
+/// `storeutl` printed "Total found: `n`".
+#[track_caller]
+fn assert_found(out: &RunOutput, n: usize, what: &str) {
+    assert!(
+        out.stdout.contains(&format!("Total found: {n}\n")),
+        "{what}: not {n} objects:\n{}",
+        out.stdout
+    );
+}
+
+/// `storeutl -alias <label>`: the store's alias is the object label (as pkcs11-provider).
+#[test]
+fn storeutl_alias_finds_objects_by_label() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::Rsa2048, Key::EcP256]);
+        let all = format!("{}?pin-value={}", env.token.uri(), env.token.user_pin());
+        let out = env.ok(&["storeutl", "-text", "-alias", "ec-p256", &all]);
+        // Its certificate, public key and private key; nothing of rsa2048.
+        assert_found(&out, 3, &kind.to_string());
+        let uris: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("URI "))
+            .collect();
         assert!(
-            out.stdout.contains("Total found: 1"),
+            uris.len() == 2 && uris.iter().all(|u| u.contains("object=ec-p256;")),
             "{kind}: {}",
             out.stdout
+        );
+        let out = env.ok(&["storeutl", "-certs", "-alias", "rsa2048", &env.token.uri()]);
+        let fixture = std::fs::read_to_string(env.token.cert_pem("rsa2048")).unwrap();
+        assert!(
+            out.stdout.contains("Total found: 1") && out.stdout.contains(fixture.trim()),
+            "{kind}: {}",
+            out.stdout
+        );
+    }
+}
+
+/// A key whose public part is only in its certificate (the token has no public-key object, as
+/// on many smart cards): a public-key request finds it from the certificate, and the private
+/// key loads, exports and signs.
+#[test]
+fn public_key_from_the_certificate_without_a_public_key_object() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256, Key::Rsa2048]);
+        for label in ["ec-p256", "rsa2048"] {
+            env.token.delete_object("pubkey", label);
+            let what = format!("{kind}, {label}");
+            let public_uri = format!("{};type=public", env.token.object_uri(label));
+            let out = env.ok(&["pkey", "-pubin", "-in", &public_uri, "-pubout"]);
+            let fixture = std::fs::read_to_string(env.token.public_pem(label)).unwrap();
+            assert_eq!(
+                out.stdout, fixture,
+                "{what}: public key from the certificate"
+            );
+            let pubkey = env.export_public(label);
+            let sig = env.path(&format!("{label}.sig"));
+            env.ok(&dgst_sign("-sha256", &env.key_uri(label), &sig));
+            env.verify(&pubkey, &sig, &["-sha256"]);
+        }
+        // Listing a token's public keys does not turn its certificates into keys.
+        let all = format!("{};type=public", env.token.uri());
+        let out = env.ok(&["storeutl", "-text", &all]);
+        assert_found(&out, 0, &kind.to_string());
+    }
+}
+
+/// URIs without `type=` where OpenSSL wants a key or a certificate: the application's
+/// expectation picks the class (`req -key`, `x509 -CA`/`-CAkey`, `ca -cert`/`-keyfile`, `cms
+/// -signer`/`-inkey`, `x509 -in`).
+#[test]
+fn untyped_uris_for_keys_and_certificates() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256, Key::EcP384]);
+        let what = kind.to_string();
+        let object = env.token.object_uri("ec-p256");
+        let key = format!("{object}?pin-value={}", env.token.user_pin());
+        let fixture_cert = env.token.cert_pem("ec-p256");
+        let out = env.ok(&["x509", "-in", &object]);
+        let fixture = std::fs::read_to_string(&fixture_cert).unwrap();
+        assert_eq!(out.stdout, fixture, "{what}: x509 -in");
+        let csr = env.path("untyped.csr");
+        env.ok(&[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=untyped",
+            "-out",
+            s(&csr),
+        ]);
+        let out = env.soft(&["req", "-in", s(&csr), "-pubkey", "-noout"]);
+        assert_eq!(
+            out.stdout,
+            std::fs::read_to_string(env.token.public_pem("ec-p256")).unwrap(),
+            "{what}: req -key"
+        );
+        let leaf_csr = leaf_csr(&env);
+        let leaf = env.path("untyped.x509.pem");
+        env.ok(&x509_ca_sign(&leaf_csr, &object, &key, &leaf));
+        verify_cert(&env, &what, &fixture_cert, &leaf);
+        let leaf = env.path("untyped.ca.pem");
+        env.ok(&ca_sign(&ca_config(&env), &object, &key, &leaf_csr, &leaf));
+        verify_cert(&env, &what, &fixture_cert, &leaf);
+        let signed = env.path("untyped.cms");
+        env.ok(&cms_sign(&object, &key, &signed, &[]));
+        let out = cms_verify(&env, &signed, &fixture_cert);
+        assert!(
+            out.stderr.contains("Verification successful"),
+            "{what}: cms: {}",
+            out.stderr
         );
     }
 }
