@@ -677,6 +677,19 @@ impl From<OpError> for Error {
 }
 
 impl OpError {
+    /// Whether the token refused the mechanism or its parameters (at `C_*Init`, independent of
+    /// the input), or the server cannot carry them: another mechanism may still work.
+    pub(crate) fn is_parameter_refusal(&self) -> bool {
+        match (self.stage, self.rv) {
+            (Stage::Init, Some(rv)) => matches!(
+                rv,
+                CKR_ARGUMENTS_BAD | CKR_MECHANISM_PARAM_INVALID | CKR_MECHANISM_INVALID
+            ),
+            (Stage::Setup | Stage::Init, None) => matches!(self.error, Error::Unsupported(_)),
+            _ => false,
+        }
+    }
+
     fn setup(error: Error) -> Self {
         Self {
             stage: Stage::Setup,

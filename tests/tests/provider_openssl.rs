@@ -1230,6 +1230,248 @@ fn block_operations_hides_them_as_pkcs11_provider_does_behind(kind: ServerKind) 
     );
 }
 
+/// PSS whose MGF1 digest differs from the message digest (SHA-256 message, MGF1 with SHA-384
+/// and SHA-1). SoftHSM refuses such parameters at C_SignInit (it wants MGF1 = the hash), so
+/// p11fwd pads PSS itself and signs with raw RSA when the key allows CKM_RSA_X_509 (the RSA key);
+/// the PSS-only key allows nothing else, and the error says so.
+#[test]
+fn pss_with_a_different_mgf1_digest() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::Rsa2048, Key::RsaPss]);
+        for label in ["rsa2048", "rsa-pss"] {
+            let pubkey = env.export_public(label);
+            for mgf1 in ["sha384", "sha1"] {
+                let what = format!("{kind}, {label}, MGF1 {mgf1}");
+                let opts = [
+                    "-sigopt",
+                    "rsa_padding_mode:pss",
+                    "-sigopt",
+                    &format!("rsa_mgf1_md:{mgf1}"),
+                    "-sigopt",
+                    "rsa_pss_saltlen:digest",
+                ]
+                .map(str::to_owned);
+                let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+                let sig = env.path(&format!("{label}-{mgf1}.sig"));
+                let key = env.key_uri(label);
+                let mut args = dgst_sign("-sha256", &key, &sig).to_vec();
+                args.splice(1..1, opts.iter().copied());
+                let out = env.ossl(&args);
+                if label == "rsa-pss" {
+                    assert!(
+                        !out.success()
+                            && out.stderr.contains("the token refuses them")
+                            && out.stderr.contains("CKM_RSA_X_509"),
+                        "{what}: {}",
+                        out.stderr
+                    );
+                    continue;
+                }
+                provider_common::assert_ok(&out, &what);
+                let mut verify = vec!["-sha256"];
+                verify.extend(&opts);
+                env.verify(&pubkey, &sig, &verify);
+                // The wrong MGF1 digest does not verify.
+                let wrong = env.soft(&provider_common::dgst_verify(
+                    &pubkey,
+                    &sig,
+                    &[
+                        "-sha256",
+                        "-sigopt",
+                        "rsa_padding_mode:pss",
+                        "-sigopt",
+                        "rsa_mgf1_md:sha256",
+                    ],
+                ));
+                assert!(
+                    !wrong.stdout.contains("Verified OK"),
+                    "{what}: MGF1 ignored"
+                );
+            }
+        }
+    }
+}
+
+/// `sign_raw URI MODE IN OUT`: one `EVP_PKEY_sign` of the bytes in IN with the token key.
+/// MODE `rsa-none`: RSA without padding (`RSA_NO_PADDING`, CKM_RSA_X_509), the signature to
+/// OUT. MODE `ecdsa-raw`: ECDSA with p11fwd's ctx parameter `p11fwd-ecdsa-raw` = 1; prints
+/// "raw <length>" and writes the `r|s` it got to OUT as a DER ECDSA-Sig-Value.
+const SIGN_RAW_C: &str = r#"
+#include "p11fwd_test.h"
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/rsa.h>
+
+static size_t slurp(const char *path, unsigned char *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(buf, 1, cap, f) : 0;
+    if (f) fclose(f);
+    return n;
+}
+
+static int spill(const char *path, const unsigned char *buf, size_t len) {
+    FILE *f = fopen(path, "wb");
+    int ok = f != NULL && fwrite(buf, 1, len, f) == len;
+    if (f) fclose(f);
+    return ok;
+}
+
+int main(int argc, char **argv) {
+    unsigned char in[512], sig[1024];
+    size_t siglen = sizeof sig;
+    if (argc != 5 || !load_providers())
+        return 2;
+    EVP_PKEY *key = load_key(argv[1]);
+    size_t inlen = slurp(argv[3], in, sizeof in);
+    EVP_PKEY_CTX *ctx = key ? EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL) : NULL;
+    if (ctx == NULL || inlen == 0 || EVP_PKEY_sign_init(ctx) <= 0)
+        return 3;
+    int raw = strcmp(argv[2], "ecdsa-raw") == 0;
+    if (raw) {
+        int one = 1;
+        OSSL_PARAM p[] = {OSSL_PARAM_construct_int("p11fwd-ecdsa-raw", &one), OSSL_PARAM_END};
+        if (EVP_PKEY_CTX_set_params(ctx, p) <= 0) {
+            ERR_print_errors_fp(stderr);
+            return 4;
+        }
+    } else if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) <= 0) {
+        ERR_print_errors_fp(stderr);
+        return 4;
+    }
+    if (EVP_PKEY_sign(ctx, sig, &siglen, in, inlen) <= 0) {
+        ERR_print_errors_fp(stderr);
+        return 5;
+    }
+    if (!raw)
+        return spill(argv[4], sig, siglen) ? 0 : 6;
+    printf("raw %zu\n", siglen);
+    ECDSA_SIG *e = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, (int)siglen / 2, NULL), *s = BN_bin2bn(sig + siglen / 2, (int)siglen / 2, NULL);
+    unsigned char *der = NULL;
+    int n = e && r && s && ECDSA_SIG_set0(e, r, s) ? i2d_ECDSA_SIG(e, &der) : 0;
+    return n > 0 && spill(argv[4], der, (size_t)n) ? 0 : 7;
+}
+"#;
+
+/// Raw RSA (`RSA_NO_PADDING` on a modulus-sized input: CKM_RSA_X_509; OpenSSL 3.0's `pkeyutl`
+/// cannot ask for it, a program can) checked with OpenSSL's raw public operation; ECDSA with
+/// `p11fwd-ecdsa-raw` gives `r|s` of twice the field size, verified after conversion to DER.
+#[test]
+fn raw_rsa_and_raw_ecdsa_signatures() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::Rsa2048, Key::EcP256, Key::EcP384]);
+        let bin = env.compile_c("sign_raw", SIGN_RAW_C);
+        let sign = |label: &str, mode: &str, input: &Path, out: &Path| {
+            let out = run(env
+                .c_command(&bin)
+                .args([&env.key_uri(label), mode, s(input), s(out)]));
+            provider_common::assert_ok(&out, &format!("{kind}, {label}, {mode}"));
+            out.stdout
+        };
+        // RSA: 256 bytes below the modulus (a leading zero byte).
+        let block: Vec<u8> = std::iter::once(0u8)
+            .chain((1..=255).map(|b| b as u8))
+            .collect();
+        let input = env.path("block.bin");
+        std::fs::write(&input, &block).unwrap();
+        let sig = env.path("raw-rsa.sig");
+        sign("rsa2048", "rsa-none", &input, &sig);
+        let recovered = env.path("recovered.bin");
+        env.soft_ok(&[
+            "pkeyutl",
+            "-verifyrecover",
+            "-pubin",
+            "-inkey",
+            s(&env.export_public("rsa2048")),
+            "-pkeyopt",
+            "rsa_padding_mode:none",
+            "-in",
+            s(&sig),
+            "-out",
+            s(&recovered),
+        ]);
+        assert_eq!(std::fs::read(&recovered).unwrap(), block, "{kind}: raw RSA");
+        // ECDSA r|s.
+        let digest = env.path("digest.bin");
+        env.soft_ok(&["dgst", "-sha256", "-binary", "-out", s(&digest), "data.txt"]);
+        for (label, field) in [("ec-p256", 32), ("ec-p384", 48)] {
+            let der = env.path(&format!("{label}.raw.der"));
+            let stdout = sign(label, "ecdsa-raw", &digest, &der);
+            assert_eq!(
+                stdout.trim(),
+                format!("raw {}", 2 * field),
+                "{kind}, {label}"
+            );
+            let out = env.soft(&[
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                s(&env.export_public(label)),
+                "-in",
+                s(&digest),
+                "-sigfile",
+                s(&der),
+            ]);
+            assert!(
+                out.stdout.contains("Signature Verified Successfully"),
+                "{kind}, {label}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
+/// The token's hashed mechanism (CKM_SHA256_RSA_PKCS, CKM_SHA256_RSA_PKCS_PSS) signs when the
+/// token lists it; with `P11FWD_TOKEN_HASH=0` p11fwd hashes and the token gets the raw
+/// mechanism. Seen at the token with pkcs11-spy.
+#[test]
+fn the_tokens_hashed_mechanism_unless_token_hash_is_off() {
+    for kind in KINDS {
+        let (env, spy_log) = Env::with_spy(kind, &[Key::Rsa2048]);
+        let pubkey = env.token.public_pem("rsa2048");
+        let key = env.key_uri("rsa2048");
+        let mechanisms = |args: &[&str], local: bool| {
+            let before = provider_common::spy_calls(&spy_log).len();
+            let mut cmd = env.ossl_cmd(args);
+            if local {
+                cmd.env("P11FWD_TOKEN_HASH", "0");
+            }
+            let out = run(&mut cmd);
+            provider_common::assert_ok(&out, &format!("{kind}: {args:?}"));
+            provider_common::spy_calls(&spy_log)[before..]
+                .iter()
+                .filter_map(|c| c.strip_prefix("C_SignInit ").map(str::to_owned))
+                .collect::<Vec<String>>()
+        };
+        let sig = env.path("hash.sig");
+        let pkcs1 = dgst_sign("-sha256", &key, &sig);
+        assert_eq!(mechanisms(&pkcs1, false), ["CKM_SHA256_RSA_PKCS"], "{kind}");
+        env.verify(&pubkey, &sig, &["-sha256"]);
+        assert_eq!(mechanisms(&pkcs1, true), ["CKM_RSA_PKCS"], "{kind}");
+        env.verify(&pubkey, &sig, &["-sha256"]);
+        let mut pss = pkcs1.to_vec();
+        pss.splice(1..1, ["-sigopt", "rsa_padding_mode:pss"]);
+        assert_eq!(
+            mechanisms(&pss, false),
+            ["CKM_SHA256_RSA_PKCS_PSS"],
+            "{kind}"
+        );
+        env.verify(
+            &pubkey,
+            &sig,
+            &["-sha256", "-sigopt", "rsa_padding_mode:pss"],
+        );
+        assert_eq!(mechanisms(&pss, true), ["CKM_RSA_PKCS_PSS"], "{kind}");
+        env.verify(
+            &pubkey,
+            &sig,
+            &["-sha256", "-sigopt", "rsa_padding_mode:pss"],
+        );
+    }
+}
+
 /// A key the token lets sign only with raw RSA (`CKA_ALLOWED_MECHANISMS` = {CKM_RSA_X_509}, like
 /// smart cards without PSS: pkcs11-provider #552, libp11 #628): p11fwd pads PKCS#1 v1.5 and PSS
 /// itself and the token only exponentiates.

@@ -275,13 +275,10 @@ impl Env {
     /// Verifies `sig` over data.txt with `dgst -verify` and the default provider only.
     #[track_caller]
     pub fn verify(&self, pubkey: &Path, sig: &Path, extra: &[&str]) {
-        let mut args = vec!["dgst", "-verify", s(pubkey), "-signature", s(sig)];
-        args.extend(extra);
-        args.push("data.txt");
-        let out = self.soft(&args);
+        let out = self.soft(&dgst_verify(pubkey, sig, extra));
         assert!(
             out.success() && out.stdout.contains("Verified OK"),
-            "{}: verification failed: {args:?}\n{}{}",
+            "{}: verification failed: {extra:?}\n{}{}",
             self.kind(),
             out.stdout,
             out.stderr
@@ -368,6 +365,14 @@ pub fn s(p: &Path) -> &str {
 /// dir's data.txt, for `Env::ok`, `Env::ossl`, `Env::openssl_cmd`.
 pub fn dgst_sign<'a>(md: &'a str, key: &'a str, sig: &'a Path) -> [&'a str; 7] {
     ["dgst", md, "-sign", key, "-out", s(sig), "data.txt"]
+}
+
+/// `dgst -verify <pubkey> -signature <sig> <options...> data.txt`.
+pub fn dgst_verify<'a>(pubkey: &'a Path, sig: &'a Path, options: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["dgst", "-verify", s(pubkey), "-signature", s(sig)];
+    args.extend(options);
+    args.push("data.txt");
+    args
 }
 
 /// `pkeyutl -sign -rawin -inkey <key> -in data.txt -out <sig>`: an EdDSA signature over
