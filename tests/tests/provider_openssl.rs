@@ -1472,6 +1472,101 @@ fn the_tokens_hashed_mechanism_unless_token_hash_is_off() {
     }
 }
 
+/// Loads openssl.cnf `argv[1]` into two library contexts and p11fwd into each (two provider
+/// instances in one process), then signs in the second.
+const TWO_CONTEXTS_C: &str = r#"
+#include "p11fwd_test.h"
+
+int main(int argc, char **argv) {
+    if (argc != 3)
+        return 2;
+    for (int i = 0; i < 2; i++) {
+        OSSL_LIB_CTX *ctx = OSSL_LIB_CTX_new();
+        if (ctx == NULL || !OSSL_LIB_CTX_load_config(ctx, argv[1])
+            || OSSL_PROVIDER_load(ctx, "p11fwd") == NULL) {
+            ERR_print_errors_fp(stderr);
+            return 3;
+        }
+    }
+    if (!load_providers())
+        return 4;
+    EVP_PKEY *key = load_key(argv[2]);
+    if (key == NULL || !sign_digest(key))
+        return 5;
+    puts("signed");
+    return 0;
+}
+"#;
+
+/// pkcs11-provider's openssl.cnf keys that p11fwd does not implement: each one set to
+/// something p11fwd does not do anyway is named on stderr once per process (here: three
+/// provider instances), with what p11fwd does instead, and p11fwd still works;
+/// `pkcs11-module-allow-export = 1` (keep public-key operations on the token) is refused,
+/// because p11fwd does them in software. The same for either server: run once.
+#[test]
+fn pkcs11_provider_keys_p11fwd_lacks_are_named_once_or_refused() {
+    let env = env(ServerKind::Forwarder, &[Key::EcP256]);
+    let keys = [
+        ("pkcs11-module-path", "/usr/lib/softhsm/libsofthsm2.so"),
+        ("pkcs11-module-init-args", "configDir=/etc/pki/nssdb"),
+        ("pkcs11-module-load-behavior", "early"),
+        ("pkcs11-module-cache-keys", "true"),
+        ("pkcs11-module-cache-sessions", "0"),
+        ("pkcs11-module-quirks", "no-deinit no-allowed-mechanisms"),
+        ("pkcs11-module-assume-fips", "true"),
+        ("pkcs11-module-encode-provider-uri-to-pem", "false"),
+    ];
+    let lines: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    // Values that describe what p11fwd does anyway: no warning.
+    let quiet = env.config_with(
+        "quiet.cnf",
+        "pkcs11-module-allow-export = 0\npkcs11-module-load-behavior = lazy\n\
+         pkcs11-module-cache-keys = false\npkcs11-module-quirks = no-deinit\n\
+         pkcs11-module-assume-fips = false\npkcs11-module-encode-provider-uri-to-pem = true\n",
+    );
+    let loud = env.config_with("loud.cnf", &lines);
+    let bin = env.compile_c("two_contexts", TWO_CONTEXTS_C);
+    for (cnf, warned) in [(&quiet, false), (&loud, true)] {
+        let mut cmd = env.c_command(&bin);
+        cmd.arg(cnf)
+            .arg(env.key_uri("ec-p256"))
+            .env("OPENSSL_CONF", cnf);
+        let out = run(&mut cmd);
+        assert!(
+            out.success() && out.stdout.contains("signed"),
+            "{}: {}{}",
+            cnf.display(),
+            out.stdout,
+            out.stderr
+        );
+        for (key, _) in keys {
+            let said = format!("p11fwd: warning: openssl.cnf key {key} is ignored: ");
+            let n = out.stderr.matches(&said).count();
+            assert_eq!(
+                n,
+                usize::from(warned),
+                "{key} in {}:\n{}",
+                cnf.display(),
+                out.stderr
+            );
+        }
+    }
+    let refused = env.config_with("export.cnf", "pkcs11-module-allow-export = 1\n");
+    // (The CLI drops a config activation error silently; the trace shows it.)
+    let mut cmd = env.openssl_cmd(&["list", "-providers"]);
+    cmd.env("OPENSSL_CONF", &refused).env("P11FWD_DEBUG", "1");
+    let out = run(&mut cmd);
+    assert!(
+        !out.stdout.contains("p11fwd")
+            && out.stderr.contains(
+                "pkcs11-module-allow-export: 1 (public-key operations on the token) is not possible"
+            ),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
 /// A key the token lets sign only with raw RSA (`CKA_ALLOWED_MECHANISMS` = {CKM_RSA_X_509}, like
 /// smart cards without PSS: pkcs11-provider #552, libp11 #628): p11fwd pads PKCS#1 v1.5 and PSS
 /// itself and the token only exponentiates.
