@@ -1567,6 +1567,81 @@ fn pkcs11_provider_keys_p11fwd_lacks_are_named_once_or_refused() {
     );
 }
 
+/// `EVP_PKEY_eq` with a key that is not the certificate's: `x509 -CA -CAkey` and `ca -cert
+/// -keyfile` refuse a token key of the same type (another EC key) and of another type, so a
+/// CA never signs with the wrong key.
+#[test]
+fn a_ca_key_that_does_not_match_the_certificate_is_refused() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256, Key::EcP384, Key::Rsa2048]);
+        let csr = leaf_csr(&env);
+        let ca = env.token.cert_pem("ec-p256");
+        let leaf = env.path("mismatch.pem");
+        for (label, why) in [
+            ("ec-p384", "key values mismatch"),
+            ("rsa2048", "key type mismatch"),
+        ] {
+            let what = format!("{kind}, ec-p256 certificate with the {label} key");
+            let key = env.key_uri(label);
+            let out = env.ossl(&x509_ca_sign(&csr, s(&ca), &key, &leaf));
+            assert!(
+                !out.success() && out.stderr.contains(why),
+                "{what}: x509: {}",
+                out.stderr
+            );
+            let out = env.ossl(&ca_sign(&ca_config(&env), s(&ca), &key, &csr, &leaf));
+            assert!(
+                !out.success() && out.stderr.contains("CA private key do not match"),
+                "{what}: ca: {}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
+/// Prints the number of threads of the process (/proc/self/task) before the providers are
+/// loaded and after a key is loaded and has signed twice.
+const THREADS_C: &str = r#"
+#include "p11fwd_test.h"
+#include <dirent.h>
+
+static int threads(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    if (d) closedir(d);
+    return n;
+}
+
+int main(int argc, char **argv) {
+    int before = threads();
+    if (argc != 2 || !load_providers())
+        return 2;
+    EVP_PKEY *key = load_key(argv[1]);
+    if (key == NULL || !sign_digest(key) || !sign_digest(key))
+        return 3;
+    printf("threads %d %d\n", before, threads());
+    return 0;
+}
+"#;
+
+/// p11fwd starts no thread in the host application: loading the provider, a key from the
+/// token and signing leave a single-threaded program single-threaded.
+#[test]
+fn loading_and_signing_start_no_thread() {
+    for kind in KINDS {
+        let env = env(kind, &[Key::EcP256, Key::Rsa2048]);
+        let bin = env.compile_c("threads", THREADS_C);
+        for label in ["ec-p256", "rsa2048"] {
+            let out = run(env.c_command(&bin).arg(env.key_uri(label)));
+            provider_common::assert_ok(&out, &format!("{kind}, {label}"));
+            assert_eq!(out.stdout.trim(), "threads 1 1", "{kind}, {label}");
+        }
+    }
+}
+
 /// A key the token lets sign only with raw RSA (`CKA_ALLOWED_MECHANISMS` = {CKM_RSA_X_509}, like
 /// smart cards without PSS: pkcs11-provider #552, libp11 #628): p11fwd pads PKCS#1 v1.5 and PSS
 /// itself and the token only exponentiates.
