@@ -68,6 +68,9 @@ pub(crate) struct Link {
     pub(crate) client: Client,
     pub(crate) epoch: u64,
     pub(crate) tokens: Vec<Arc<Token>>,
+    /// Round trips since the connection was set up: token flags read at round trip `n` are
+    /// current as long as this is still `n` (nothing else reached the server since).
+    round_trips: AtomicU64,
 }
 
 /// A token behind the connection.
@@ -82,6 +85,10 @@ pub(crate) struct Token {
 #[derive(Debug, Default)]
 struct TokenState {
     logged_in: bool,
+    /// The token's flags (CK_TOKEN_INFO.flags) as last read, and the connection's round-trip
+    /// count when they were read ([`Link::current_flags`]).
+    flags: u64,
+    flags_at: u64,
     idle: Vec<u64>,
     /// Sessions not kept (the pool was full, or one was discarded): closed on the server in
     /// the round trip that next opens a session.
@@ -148,8 +155,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) enum Auth {
     /// No login.
     None,
-    /// `C_Login(CKU_USER)` with this PIN (`None`: protected authentication path).
-    User(Option<Zeroizing<String>>),
+    /// `C_Login(CKU_USER)` with this PIN (`None`: protected authentication path), which came
+    /// from where [`PinFrom`] says.
+    User(Option<Zeroizing<String>>, PinFrom),
+}
+
+/// Where a PIN came from. When the token says one more wrong PIN locks it
+/// (CKF_USER_PIN_FINAL_TRY), only a PIN someone types now is tried: at p11fwd's own terminal
+/// prompt, or on the token's PIN pad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PinFrom {
+    /// The URI, the configuration, an earlier login, the application's passphrase callback:
+    /// sent without anyone deciding to, so never on a final try.
+    Given,
+    /// Typed at p11fwd's terminal prompt, or a PIN pad.
+    Typed,
 }
 
 /// The attributes p11fwd reads from every object it finds (one `C_GetAttributeValue`).
@@ -378,7 +398,10 @@ impl Backend {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let mut state = TokenState::default();
+                let mut state = TokenState {
+                    flags: info.flags,
+                    ..TokenState::default()
+                };
                 if let Some(Ok(args)) = session {
                     state.idle.push(parse::ulong(args)?);
                 }
@@ -402,6 +425,7 @@ impl Backend {
             client,
             epoch,
             tokens,
+            round_trips: AtomicU64::new(0),
         })
     }
 
@@ -418,6 +442,67 @@ impl Backend {
                         problem: e.to_string(),
                     })
             }
+        }
+    }
+
+    /// The PIN from the URI (`pin-value`, `pin-source`), else the configuration's, else one
+    /// that worked for `token` before in this process. `shown` is the URI for messages.
+    pub(crate) fn given_pin(
+        &self,
+        uri: &p11fwd_conf::uri::Pkcs11Uri,
+        shown: &str,
+        token: &Token,
+    ) -> Result<Option<Zeroizing<String>>, Error> {
+        let from_uri = p11fwd_conf::pin::resolve_pin(uri).map_err(|e| Error::UriParse {
+            uri: shown.to_owned(),
+            problem: e.to_string(),
+        })?;
+        if let Some(pin) = from_uri {
+            return Ok(Some(pin));
+        }
+        if let Some(pin) = self.configured_pin()? {
+            return Ok(Some(pin));
+        }
+        Ok(self.remembered_pin(token))
+    }
+
+    /// The PIN for a user login on `token`, after reading its PIN state again
+    /// ([`Link::current_flags`]): none with a PIN pad; `given` (from [`Backend::given_pin`])
+    /// unless the token is on its final try; else `prompt` (the application's passphrase
+    /// callback and p11fwd's terminal prompt; on the final try the terminal prompt only). A
+    /// locked PIN, or one the token wants changed, is never asked for. A PIN that was asked
+    /// for is remembered only with `pkcs11-module-cache-pins`.
+    pub(crate) fn login_pin(
+        &self,
+        link: &Link,
+        token: &Token,
+        given: Option<Zeroizing<String>>,
+        prompt: &mut dyn crate::store::PinPrompt,
+    ) -> Result<(Option<Zeroizing<String>>, PinFrom), Error> {
+        let flags = link.current_flags(token)?;
+        if token.protected_path() {
+            token.check_pin_state(PinFrom::Typed)?;
+            return Ok((None, PinFrom::Typed));
+        }
+        let final_try = flags & CKF_USER_PIN_FINAL_TRY != 0;
+        token.check_pin_state(PinFrom::Typed)?;
+        if !final_try && let Some(pin) = given {
+            return Ok((Some(pin), PinFrom::Given));
+        }
+        match prompt.ask(&token.label(), final_try) {
+            Some((pin, from)) => {
+                token.check_pin_state(from)?;
+                if self.cache_pins {
+                    self.remember_pin(token, &pin);
+                }
+                Ok((Some(pin), from))
+            }
+            // On the final try: why nothing was sent (the error names the state).
+            None if final_try => Err(token
+                .check_pin_state(PinFrom::Given)
+                .err()
+                .unwrap_or_else(|| Error::PinRequired(token.label()))),
+            None => Err(Error::PinRequired(token.label())),
         }
     }
 
@@ -450,14 +535,19 @@ impl Token {
         p11fwd_wire::info::unpad(&self.info.label)
     }
 
+    /// The token's flags as last read (at connect time, or by [`Link::current_flags`]).
+    pub(crate) fn flags(&self) -> u64 {
+        lock(&self.state).flags
+    }
+
     /// The token's flags say a login is needed for private objects.
     pub(crate) fn login_required(&self) -> bool {
-        self.info.flags & CKF_LOGIN_REQUIRED != 0
+        self.flags() & CKF_LOGIN_REQUIRED != 0
     }
 
     /// The PIN is entered on the device (no PIN is ever sent).
     pub(crate) fn protected_path(&self) -> bool {
-        self.info.flags & CKF_PROTECTED_AUTHENTICATION_PATH != 0
+        self.flags() & CKF_PROTECTED_AUTHENTICATION_PATH != 0
     }
 
     /// Whether the connection has logged in to this token.
@@ -465,12 +555,42 @@ impl Token {
         lock(&self.state).logged_in
     }
 
-    /// Refuses a PIN the token rejected before, and automatic logins the token warns about.
-    /// Whether `pin` may be sent: not to a locked token, and not a PIN this token rejected.
-    pub(crate) fn check_pin_allowed(&self, pin: Option<&Zeroizing<String>>) -> Result<(), Error> {
-        if self.info.flags & CKF_USER_PIN_LOCKED != 0 {
+    /// Whether the token's PIN state (as last read) lets a PIN from `from` be sent: never to a
+    /// locked PIN or one that must be changed first (pkcs11-provider refuses those too), and on
+    /// the final try only a typed one. Checked before a PIN is asked for as well as before it
+    /// is sent.
+    pub(crate) fn check_pin_state(&self, from: PinFrom) -> Result<(), Error> {
+        let flags = self.flags();
+        if flags & CKF_USER_PIN_LOCKED != 0 {
             return Err(Error::PinLocked(self.label()));
         }
+        if flags & CKF_USER_PIN_TO_BE_CHANGED != 0 {
+            return Err(Error::PinNotSent {
+                token: self.label(),
+                why: "the token says the user PIN must be changed first \
+                      (CKF_USER_PIN_TO_BE_CHANGED); change it with the token's own tools",
+            });
+        }
+        if flags & CKF_USER_PIN_FINAL_TRY != 0 && from == PinFrom::Given {
+            return Err(Error::PinNotSent {
+                token: self.label(),
+                why: "the token says one more wrong PIN locks it (CKF_USER_PIN_FINAL_TRY), so \
+                      p11fwd sends no PIN from a URI, the configuration or the application; \
+                      log in once with the token's own tools, or type the PIN at p11fwd's \
+                      terminal prompt",
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `pin` from `from` may be sent: [`Token::check_pin_state`], and not a PIN this
+    /// token rejected before.
+    pub(crate) fn check_pin_allowed(
+        &self,
+        pin: Option<&Zeroizing<String>>,
+        from: PinFrom,
+    ) -> Result<(), Error> {
+        self.check_pin_state(from)?;
         if let Some(pin) = pin
             && lock(rejected_pins()).contains(&pin_digest(&self.identity(), pin))
         {
@@ -518,6 +638,8 @@ impl Token {
         match result {
             Ok(_) => {
                 st.logged_in = true;
+                // By definition these count wrong PINs since the last successful login.
+                st.flags &= !(CKF_USER_PIN_COUNT_LOW | CKF_USER_PIN_FINAL_TRY);
                 Ok(())
             }
             Err(p11fwd_wire::Error::Rv { rv, .. }) if rv.0 == CKR_USER_ALREADY_LOGGED_IN => {
@@ -559,12 +681,53 @@ impl Link {
     /// Sends `batch` in one write and collects the replies: one round trip.
     pub(crate) fn batch(&self, batch: &[Request]) -> Vec<Result<Vec<Arg>, p11fwd_wire::Error>> {
         tracing::debug!(calls = ?batch.iter().map(|r| r.call.name()).collect::<Vec<_>>(), "round trip");
+        self.count_round_trip();
         self.client.connection().call_batch(batch)
+    }
+
+    /// Counts a request sent with `client` directly (`batch` counts its own).
+    pub(crate) fn count_round_trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `token`'s flags, read again first (`C_GetTokenInfo`, one round trip) unless they came in
+    /// the last reply of this connection: a PIN's state (final try, locked, to be changed) can
+    /// change whenever someone else logs in. Called before every automatic user login; the
+    /// login right after connecting (the usual key load) costs nothing extra.
+    pub(crate) fn current_flags(&self, token: &Token) -> Result<u64, Error> {
+        let now = self.round_trips.load(Ordering::Relaxed);
+        {
+            let st = lock(&token.state);
+            if st.flags_at == now {
+                return Ok(st.flags);
+            }
+        }
+        let mut attempt = 0;
+        let info = loop {
+            self.count_round_trip();
+            match self.client.get_token_info(token.slot) {
+                Ok(info) => break info,
+                // A token file shared by several processes, as when connecting.
+                Err(p11fwd_wire::Error::Rv { rv, .. })
+                    if matches!(rv.0, CKR_GENERAL_ERROR | CKR_DEVICE_ERROR)
+                        && attempt < TOKEN_INFO_RETRIES =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(25 * u64::from(attempt)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        tracing::debug!(token = %token.label(), flags = format_args!("{:#x}", info.flags), "token flags read again");
+        let mut st = lock(&token.state);
+        st.flags = info.flags;
+        st.flags_at = self.round_trips.load(Ordering::Relaxed);
+        Ok(st.flags)
     }
 
     /// Logs in to `token` on `session` (one round trip), unless the connection already is.
     pub(crate) fn login(&self, token: &Token, session: u64, auth: &Auth) -> Result<(), Error> {
-        let Auth::User(pin) = auth else {
+        let Auth::User(pin, from) = auth else {
             return Ok(());
         };
         if token.logged_in() {
@@ -574,7 +737,8 @@ impl Link {
         if token.logged_in() {
             return Ok(());
         }
-        token.check_pin_allowed(pin.as_ref())?;
+        self.current_flags(token)?;
+        token.check_pin_allowed(pin.as_ref(), *from)?;
         let r = self
             .batch(&[req::login(
                 session,
@@ -628,11 +792,14 @@ impl Link {
         let mut login_error = None;
         // Until the login's verdict is recorded (see `login_lock`).
         let _one_at_a_time =
-            (matches!(auth, Auth::User(_)) && !token.logged_in()).then(|| lock(login_lock()));
-        if let Auth::User(pin) = auth
+            (matches!(auth, Auth::User(..)) && !token.logged_in()).then(|| lock(login_lock()));
+        if let Auth::User(pin, from) = auth
             && !token.logged_in()
         {
-            match token.check_pin_allowed(pin.as_ref()) {
+            let allowed = self
+                .current_flags(token)
+                .and_then(|_| token.check_pin_allowed(pin.as_ref(), *from));
+            match allowed {
                 Ok(()) => {
                     batch.push(req::login(
                         session,
@@ -673,6 +840,7 @@ impl Link {
 
     fn find_all(&self, session: u64, template: &[Attribute]) -> Result<Vec<u64>, Error> {
         let c = &self.client;
+        self.count_round_trip();
         c.find_objects_init(session, template.to_vec())?;
         let mut all = Vec::new();
         loop {
@@ -827,6 +995,7 @@ impl Link {
         handle: u64,
         ty: u64,
     ) -> Result<Option<Attribute>, Error> {
+        self.count_round_trip();
         let query = self.client.get_attribute_value(
             session,
             handle,

@@ -387,7 +387,7 @@ impl CipherCtx {
                         .insert(refused_key);
                     return Ok(msg);
                 }
-                Err(e) if is_parameter_refusal(&e) => {
+                Err(e) if e.is_parameter_refusal() => {
                     tracing::debug!(
                         digest = md.name(),
                         mgf1 = mgf1.name(),
@@ -412,19 +412,6 @@ impl CipherCtx {
             "OAEP with these parameters: the token refuses them (or lacks CKM_RSA_PKCS_OAEP) and \
              the key does not allow raw RSA (CKM_RSA_X_509) to decode OAEP in p11fwd",
         ))
-    }
-}
-
-/// Whether a token operation failed because of its mechanism parameters (at `C_DecryptInit`,
-/// independent of the ciphertext), or because the server cannot carry them.
-fn is_parameter_refusal(e: &OpError) -> bool {
-    match (e.stage, e.rv) {
-        (Stage::Init, Some(rv)) => matches!(
-            rv,
-            CKR_ARGUMENTS_BAD | CKR_MECHANISM_PARAM_INVALID | CKR_MECHANISM_INVALID
-        ),
-        (Stage::Setup | Stage::Init, None) => matches!(e.error, Error::Unsupported(_)),
-        _ => false,
     }
 }
 

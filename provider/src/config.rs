@@ -44,6 +44,16 @@ pub(crate) mod keys {
     /// pkcs11-provider's module path: meaningless for p11fwd, which loads no module. Read only
     /// to warn about it.
     pub(crate) const MODULE_PATH: &CStr = c"pkcs11-module-path";
+    /// pkcs11-provider's keys that p11fwd does not implement, read to warn about them (or, for
+    /// `allow-export = 1`, to refuse): see [`super::Config::parse`].
+    pub(crate) const INIT_ARGS: &CStr = c"pkcs11-module-init-args";
+    pub(crate) const ALLOW_EXPORT: &CStr = c"pkcs11-module-allow-export";
+    pub(crate) const LOAD_BEHAVIOR: &CStr = c"pkcs11-module-load-behavior";
+    pub(crate) const CACHE_KEYS: &CStr = c"pkcs11-module-cache-keys";
+    pub(crate) const CACHE_SESSIONS: &CStr = c"pkcs11-module-cache-sessions";
+    pub(crate) const QUIRKS: &CStr = c"pkcs11-module-quirks";
+    pub(crate) const ASSUME_FIPS: &CStr = c"pkcs11-module-assume-fips";
+    pub(crate) const ENCODE_URI_TO_PEM: &CStr = c"pkcs11-module-encode-provider-uri-to-pem";
 }
 
 /// Every key [`Config::parse`] looks at.
@@ -55,6 +65,14 @@ pub(crate) const KEYS: &[&CStr] = &[
     keys::BLOCK_OPERATIONS,
     keys::DEBUG,
     keys::MODULE_PATH,
+    keys::INIT_ARGS,
+    keys::ALLOW_EXPORT,
+    keys::LOAD_BEHAVIOR,
+    keys::CACHE_KEYS,
+    keys::CACHE_SESSIONS,
+    keys::QUIRKS,
+    keys::ASSUME_FIPS,
+    keys::ENCODE_URI_TO_PEM,
 ];
 
 /// Values looked up in the provider's config section, in request order; absent keys are absent.
@@ -104,8 +122,9 @@ pub(crate) struct Config {
     pub(crate) blocked_operations: Vec<c_int>,
     /// `p11fwd-debug`, as a `tracing` filter; `None` when off or absent.
     pub(crate) debug: Option<String>,
-    /// `pkcs11-module-path` was set (and is ignored).
-    pub(crate) module_path_ignored: bool,
+    /// pkcs11-provider keys that were set and that p11fwd ignores: (key, what p11fwd does
+    /// instead). Printed once per process at provider init.
+    pub(crate) ignored: Vec<(&'static str, &'static str)>,
 }
 
 /// Where the user PIN comes from.
@@ -209,9 +228,102 @@ impl Config {
             config.debug =
                 trace::directive(debug).map_err(|problem| config_error(keys::DEBUG, &problem))?;
         }
-        config.module_path_ignored = raw.get(keys::MODULE_PATH).is_some();
+        config.ignored = ignored_keys(raw)?;
         Ok(config)
     }
+}
+
+/// pkcs11-provider's keys p11fwd does not implement: those set to something p11fwd does not do
+/// already, with what it does instead. `pkcs11-module-allow-export = 1` is refused: it asks
+/// that public-key operations stay on the token, and p11fwd does them in software.
+fn ignored_keys(raw: &RawConfig) -> Result<Vec<(&'static str, &'static str)>, Error> {
+    let mut ignored = Vec::new();
+    let mut ignore = |key: &CStr, why: &'static str| ignored.push((key_name(key), why));
+    let flag = |key: &CStr| -> Result<Option<bool>, Error> {
+        raw.get(key)
+            .map(|v| {
+                parse_bool(v)
+                    .ok_or_else(|| config_error(key, &format!("{:?} is not a boolean", v.trim())))
+            })
+            .transpose()
+    };
+    if raw.get(keys::MODULE_PATH).is_some() {
+        ignore(
+            keys::MODULE_PATH,
+            "p11fwd loads no PKCS#11 module (the server does); set p11fwd-server-address",
+        );
+    }
+    if raw.get(keys::INIT_ARGS).is_some() {
+        ignore(
+            keys::INIT_ARGS,
+            "the server initialises the module: give the arguments to the module where the \
+             server loads it",
+        );
+    }
+    if flag(keys::ALLOW_EXPORT)? == Some(true) {
+        return Err(config_error(
+            keys::ALLOW_EXPORT,
+            "1 (public-key operations on the token) is not possible: p11fwd exports public \
+             keys and verifies and encrypts in software; remove the key",
+        ));
+    }
+    if raw
+        .get(keys::LOAD_BEHAVIOR)
+        .is_some_and(|v| v.trim() == "early")
+    {
+        ignore(
+            keys::LOAD_BEHAVIOR,
+            "p11fwd registers its algorithms when loaded and connects at the first use (it \
+             offers no RAND that early loading would make available)",
+        );
+    }
+    if raw.get(keys::CACHE_KEYS).is_some() && flag(keys::CACHE_KEYS).ok().flatten() != Some(false) {
+        ignore(
+            keys::CACHE_KEYS,
+            "p11fwd never copies token keys into session objects; every operation uses the \
+             token's object",
+        );
+    }
+    if raw.get(keys::CACHE_SESSIONS).is_some() {
+        ignore(
+            keys::CACHE_SESSIONS,
+            "p11fwd keeps up to 8 idle sessions per token and closes the others",
+        );
+    }
+    if let Some(quirks) = raw.get(keys::QUIRKS) {
+        // no-deinit, no-operation-state and no-session-callbacks describe what p11fwd does
+        // anyway (it never finalizes the server's module, never saves operation state and has
+        // no session callbacks).
+        let other = quirks.split_ascii_whitespace().any(|q| {
+            !matches!(
+                q,
+                "no-deinit" | "no-operation-state" | "no-session-callbacks"
+            )
+        });
+        if other {
+            ignore(
+                keys::QUIRKS,
+                "only no-deinit, no-operation-state and no-session-callbacks apply, and p11fwd \
+                 behaves that way anyway; it always reads CKA_ALLOWED_MECHANISMS \
+                 (no-allowed-mechanisms is ignored)",
+            );
+        }
+    }
+    if flag(keys::ASSUME_FIPS).ok().flatten() == Some(true) {
+        ignore(
+            keys::ASSUME_FIPS,
+            "p11fwd's algorithms are not tagged fips=yes; a FIPS-only library context will \
+             not use them",
+        );
+    }
+    if flag(keys::ENCODE_URI_TO_PEM).ok().flatten() == Some(false) {
+        ignore(
+            keys::ENCODE_URI_TO_PEM,
+            "p11fwd always writes token private keys as URI-PEM (PKCS#11 PROVIDER URI) files; \
+             no key material is ever encoded",
+        );
+    }
+    Ok(ignored)
 }
 
 /// The operation names of `pkcs11-module-block-operations` (pkcs11-provider's list) and their
@@ -297,6 +409,8 @@ mod tests {
             (keys::MODULE_PATH, "/usr/lib/softhsm/libsofthsm2.so"),
         ]))
         .unwrap();
+        assert_eq!(config.ignored.len(), 1);
+        assert_eq!(config.ignored[0].0, "pkcs11-module-path");
         assert_eq!(config.server_address.as_deref(), Some("unix:path=/run/p11"));
         assert!(
             matches!(&config.token_pin, Some(PinSource::File(p)) if p == &PathBuf::from("/etc/pin"))
@@ -304,7 +418,59 @@ mod tests {
         assert_eq!(config.login_behavior, LoginBehavior::Never);
         assert!(config.cache_pins);
         assert!(config.debug.is_some());
-        assert!(config.module_path_ignored);
+    }
+
+    #[test]
+    fn pkcs11_provider_keys_p11fwd_lacks_are_named_or_refused() {
+        let ignored = |pairs: &[(&'static CStr, &str)]| {
+            Config::parse(&raw(pairs))
+                .unwrap()
+                .ignored
+                .iter()
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+        };
+        // Values that say what p11fwd does anyway: nothing to warn about.
+        assert!(
+            ignored(&[
+                (keys::ALLOW_EXPORT, "0"),
+                (keys::LOAD_BEHAVIOR, "lazy"),
+                (keys::CACHE_KEYS, "false"),
+                (keys::QUIRKS, "no-deinit no-operation-state"),
+                (keys::ASSUME_FIPS, "no"),
+                (keys::ENCODE_URI_TO_PEM, "true"),
+            ])
+            .is_empty()
+        );
+        assert_eq!(
+            ignored(&[
+                (keys::INIT_ARGS, "configDir=/etc/nss"),
+                (keys::LOAD_BEHAVIOR, "early"),
+                (keys::CACHE_KEYS, "true"),
+                (keys::CACHE_SESSIONS, "0"),
+                (keys::QUIRKS, "no-deinit no-allowed-mechanisms"),
+                (keys::ASSUME_FIPS, "true"),
+                (keys::ENCODE_URI_TO_PEM, "false"),
+            ]),
+            [
+                "pkcs11-module-init-args",
+                "pkcs11-module-load-behavior",
+                "pkcs11-module-cache-keys",
+                "pkcs11-module-cache-sessions",
+                "pkcs11-module-quirks",
+                "pkcs11-module-assume-fips",
+                "pkcs11-module-encode-provider-uri-to-pem",
+            ]
+        );
+        for bad in ["1", "yes"] {
+            let err = Config::parse(&raw(&[(keys::ALLOW_EXPORT, bad)])).unwrap_err();
+            assert!(
+                err.message().starts_with("pkcs11-module-allow-export: 1"),
+                "{}",
+                err.message()
+            );
+        }
+        assert!(Config::parse(&raw(&[(keys::ALLOW_EXPORT, "sometimes")])).is_err());
     }
 
     #[test]

@@ -69,6 +69,8 @@ reasons! {
     DecryptionFailed = 13 => c"decryption failed",
     /// Key generation on the token failed or was refused.
     KeyGeneration = 14 => c"key generation failed",
+    /// The token's PIN state (final try, to be changed) stops p11fwd from sending a PIN.
+    PinNotSent = 15 => c"PIN not sent",
 }
 
 /// Every failure of the provider.
@@ -123,6 +125,14 @@ pub(crate) enum Error {
     /// The user PIN is locked.
     #[error("the user PIN of token {0:?} is locked")]
     PinLocked(String),
+    /// The token's PIN state says no PIN should be sent now.
+    #[error("no PIN sent to token {token:?}: {why}")]
+    PinNotSent {
+        /// The token's label.
+        token: String,
+        /// Which state, and what to do.
+        why: &'static str,
+    },
     /// A PIN is needed and there is none.
     #[error(
         "token {0:?} needs a PIN: none in the URI (pin-value, pin-source), in \
@@ -180,6 +190,7 @@ impl Error {
             Self::SeveralMatches { .. } => Reason::SeveralMatches,
             Self::PinIncorrect | Self::PinLocked(_) => Reason::PinIncorrect,
             Self::PinRequired(_) => Reason::PinRequired,
+            Self::PinNotSent { .. } => Reason::PinNotSent,
             Self::ServerUnreachable { .. } | Self::Connection(_) => Reason::ServerUnreachable,
             Self::Protocol(_) => Reason::Protocol,
             Self::Token { .. } => Reason::Token,

@@ -145,6 +145,7 @@ impl ExchCtx {
             Attribute::ulong(CKA_VALUE_LEN, len as u64),
         ];
         tracing::debug!(curve = ?key.kind, "ECDH derive");
+        link.count_round_trip();
         let (secret_key, _) = link.client.derive_key(s, mech, handle, template)?;
         let replies = link.batch(&[
             req::get_attribute_value(

@@ -18,7 +18,7 @@ use p11fwd_wire::consts::*;
 use p11fwd_wire::{Attribute, CallId, Mechanism};
 use zeroize::Zeroizing;
 
-use crate::backend::{Auth, Link, ObjectAttrs, Token};
+use crate::backend::{Auth, Link, ObjectAttrs, PinFrom, Token};
 use crate::der::{self, EcParams, oid};
 use crate::error::Error;
 use crate::ffi::cast::{Castable, OwnershipArc};
@@ -411,6 +411,28 @@ impl Key {
         }
     }
 
+    /// The public key of a certificate on the token, for a token without a public-key object
+    /// (many smart cards): `type=public` URIs find it.
+    pub(crate) fn from_certificate_object(
+        provctx: &Arc<ProvCtx>,
+        token: &Token,
+        cert: &ObjectAttrs,
+    ) -> Result<Self, Error> {
+        let (kind, public) =
+            cert.value
+                .as_deref()
+                .and_then(from_certificate)
+                .ok_or(Error::Unsupported(
+                    "the public key algorithm of this certificate",
+                ))?;
+        let mut key = Self::detached(Arc::clone(provctx), kind, public);
+        key.token_identity = token.identity();
+        key.token_label = token.label();
+        key.mechanisms = token.mechanisms.clone();
+        key.uri = object_uri(token, cert, ObjectClass::PublicKey)?;
+        Ok(key)
+    }
+
     /// Whether this key lives on a token (has a URI), as opposed to an imported public key.
     pub(crate) fn is_on_token(&self) -> bool {
         !self.uri.is_empty()
@@ -588,8 +610,8 @@ impl Key {
             return Ok((link, token, handle));
         }
         let auth = if needs_login {
-            let pin = if token.protected_path() {
-                None
+            if token.protected_path() {
+                Auth::User(None, PinFrom::Typed)
             } else {
                 let pin = backend
                     .remembered_pin(&token)
@@ -598,9 +620,11 @@ impl Key {
                     Some(p) => Some(p),
                     None => backend.configured_pin()?,
                 };
-                Some(pin.ok_or(Error::PinRequired(token.label()))?)
-            };
-            Auth::User(pin)
+                Auth::User(
+                    Some(pin.ok_or(Error::PinRequired(token.label()))?),
+                    PinFrom::Given,
+                )
+            }
         } else {
             Auth::None
         };
@@ -653,6 +677,19 @@ impl From<OpError> for Error {
 }
 
 impl OpError {
+    /// Whether the token refused the mechanism or its parameters (at `C_*Init`, independent of
+    /// the input), or the server cannot carry them: another mechanism may still work.
+    pub(crate) fn is_parameter_refusal(&self) -> bool {
+        match (self.stage, self.rv) {
+            (Stage::Init, Some(rv)) => matches!(
+                rv,
+                CKR_ARGUMENTS_BAD | CKR_MECHANISM_PARAM_INVALID | CKR_MECHANISM_INVALID
+            ),
+            (Stage::Setup | Stage::Init, None) => matches!(self.error, Error::Unsupported(_)),
+            _ => false,
+        }
+    }
+
     fn setup(error: Error) -> Self {
         Self {
             stage: Stage::Setup,
@@ -745,14 +782,20 @@ impl Key {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            match pin {
-                Some(p) => Some(p),
-                None if token.protected_path() => None,
-                None => match crate::ffi::ui::prompt(&token.label()) {
-                    Some(p) => Some(p),
+            let final_try = token.flags() & CKF_USER_PIN_FINAL_TRY != 0;
+            let (pin, from) = match pin {
+                Some(p) => (Some(p), PinFrom::Given),
+                None if token.protected_path() => (None, PinFrom::Typed),
+                None => match crate::ffi::ui::prompt(&token.label(), final_try) {
+                    Some(p) => (Some(p), PinFrom::Typed),
                     None => return (fail_all(Error::PinRequired(token.label())), false),
                 },
+            };
+            // The PIN state as the user login left it (that login cleared the final try).
+            if let Err(e) = token.check_pin_state(from) {
+                return (fail_all(e), false);
             }
+            pin
         } else {
             None
         };

@@ -23,7 +23,7 @@ use p11fwd_wire::client::{parse, req};
 use p11fwd_wire::consts::*;
 use zeroize::Zeroizing;
 
-use crate::backend::{Link, Token};
+use crate::backend::{Link, PinFrom, Token};
 use crate::der::oid;
 use crate::error::Error;
 use crate::ffi::cast::{Castable, OwnershipBox};
@@ -220,32 +220,17 @@ impl GenCtx {
         }
     }
 
-    /// The user PIN: the URI's, the configuration's, one that worked before, a prompt.
-    fn pin(&self, uri: &Pkcs11Uri, token: &Token) -> Result<Option<Zeroizing<String>>, Error> {
-        if token.protected_path() {
-            return Ok(None);
-        }
+    /// The user login: the URI's PIN, the configuration's, one that worked before, else a
+    /// terminal prompt (`Backend::login_pin`: after reading the PIN state again).
+    fn pin(
+        &self,
+        link: &Link,
+        uri: &Pkcs11Uri,
+        token: &Token,
+    ) -> Result<(Option<Zeroizing<String>>, PinFrom), Error> {
         let backend = self.provctx.backend();
-        let from_uri = p11fwd_conf::pin::resolve_pin(uri).map_err(|e| Error::UriParse {
-            uri: uri.to_string_without_pin(),
-            problem: e.to_string(),
-        })?;
-        let pin = match from_uri {
-            Some(p) => Some(p),
-            None => backend.configured_pin()?,
-        };
-        if let Some(pin) = pin {
-            return Ok(Some(pin));
-        }
-        if let Some(pin) = backend.remembered_pin(token) {
-            return Ok(Some(pin));
-        }
-        let pin = crate::ffi::ui::prompt(&token.label())
-            .ok_or_else(|| Error::PinRequired(token.label()))?;
-        if backend.cache_pins {
-            backend.remember_pin(token, &pin);
-        }
-        Ok(Some(pin))
+        let given = backend.given_pin(uri, &uri.to_string_without_pin(), token)?;
+        backend.login_pin(link, token, given, &mut crate::ffi::ui::TerminalPrompt)
     }
 
     /// Generates the pair on the token and returns the private key.
@@ -319,7 +304,7 @@ impl GenCtx {
             Attribute::bool(CKA_DERIVE, !rsa && usage.derive),
         ]);
         let pin = if token.login_required() && !token.logged_in() {
-            Some(self.pin(&uri, &token)?)
+            Some(self.pin(&link, &uri, &token)?)
         } else {
             None
         };
@@ -327,9 +312,9 @@ impl GenCtx {
         // logging in on a pooled session in the same round trip.
         let session = token.session(&link)?;
         let mut batch = Vec::new();
-        if let Some(pin) = &pin {
-            // Never a PIN this token rejected, nor one to a locked token.
-            token.check_pin_allowed(pin.as_ref())?;
+        if let Some((pin, from)) = &pin {
+            // Never a PIN this token rejected, nor one its PIN state refuses.
+            token.check_pin_allowed(pin.as_ref(), *from)?;
             batch.push(req::login(
                 session.handle,
                 CKU_USER,
@@ -341,7 +326,7 @@ impl GenCtx {
             CKF_SERIAL_SESSION | CKF_RW_SESSION,
         ));
         let mut replies = link.batch(&batch).into_iter();
-        if let Some(pin) = &pin {
+        if let Some((pin, _)) = &pin {
             let login = replies.next().unwrap_or(Err(p11fwd_wire::Error::Closed));
             if let Err(e) = token.record_login(&login, pin.as_ref()) {
                 // The read/write session opened in the same round trip is not used.

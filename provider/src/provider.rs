@@ -44,6 +44,20 @@ pub(crate) static GETTABLE_PARAMS: ParamTable = param_table![
     (OSSL_PROV_PARAM_STATUS, Integer),
 ];
 
+/// Says on stderr, once per process and key, that an openssl.cnf key of pkcs11-provider is
+/// ignored and what p11fwd does instead (a process may load the provider many times).
+fn warn_once(key: &'static str, instead: &str) {
+    static WARNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !warned.contains(&key) {
+        warned.push(key);
+        tracing::warn!(key, instead, "openssl.cnf key ignored");
+        eprintln!("p11fwd: warning: openssl.cnf key {key} is ignored: {instead}");
+    }
+}
+
 /// One provider instance (one per library context that loads p11fwd): the `provctx`.
 /// Shared (`Arc`) so that keys and operation contexts can keep it alive.
 #[derive(Debug)]
@@ -81,11 +95,8 @@ impl ProvCtx {
             ?config,
             "p11fwd provider initialised"
         );
-        if config.module_path_ignored {
-            tracing::warn!(
-                key = ?config::keys::MODULE_PATH,
-                "ignored: p11fwd loads no PKCS#11 module; set p11fwd-server-address instead"
-            );
+        for (key, instead) in &config.ignored {
+            warn_once(key, instead);
         }
         let backend = Backend::new(&config);
         Ok(Self {

@@ -374,15 +374,23 @@ impl SigCtx {
                             problem: "length differs from the digest size",
                         });
                     }
-                    if raw_rsa_only(&key, CKM_RSA_PKCS_PSS) {
-                        let salt = self.pss_salt_len(&key, md)?;
-                        let mgf1 = self.mgf1.unwrap_or(md);
-                        let em = rsa_pad::pss_encode(tbs, md, mgf1, salt, key.bits())
-                            .ok_or(Error::Unsupported("a PSS salt longer than the key allows"))?;
-                        return self.token_sign(&key, Mechanism::new(CKM_RSA_X_509), &em);
+                    let pad_here = key.allows(CKM_RSA_X_509);
+                    if raw_rsa_only(&key, CKM_RSA_PKCS_PSS)
+                        || (pad_here && self.pss_refused(&key, CKM_RSA_PKCS_PSS, md))
+                    {
+                        return self.pss_padded_here(&key, md, tbs);
                     }
                     let mech = Mechanism::with(CKM_RSA_PKCS_PSS, self.pss_params(&key, md)?);
-                    self.token_sign(&key, mech, tbs)
+                    match self.try_pss(&key, mech, md, tbs) {
+                        Ok(Some(sig)) => Ok(sig),
+                        Ok(None) if pad_here => self.pss_padded_here(&key, md, tbs),
+                        Ok(None) => Err(Error::Unsupported(
+                            "PSS with these parameters: the token refuses them (SoftHSM wants \
+                             the MGF1 digest to be the message digest) and the key does not \
+                             allow raw RSA (CKM_RSA_X_509) to pad PSS in p11fwd",
+                        )),
+                        Err(e) => Err(e),
+                    }
                 }
                 Padding::None => {
                     if tbs.len() != key.modulus_len() {
@@ -395,6 +403,52 @@ impl SigCtx {
                 }
             },
         }
+    }
+
+    /// EMSA-PSS encoded here, the token only exponentiates (CKM_RSA_X_509).
+    fn pss_padded_here(&self, key: &Key, md: Hash, tbs: &[u8]) -> Result<Vec<u8>, Error> {
+        let salt = self.pss_salt_len(key, md)?;
+        let mgf1 = self.mgf1.unwrap_or(md);
+        let em = rsa_pad::pss_encode(tbs, md, mgf1, salt, key.bits())
+            .ok_or(Error::Unsupported("a PSS salt longer than the key allows"))?;
+        self.token_sign(key, Mechanism::new(CKM_RSA_X_509), &em)
+    }
+
+    /// Signs with a PSS mechanism of the token; `None` if the token refused its parameters
+    /// (then remembered for this token, so that the next signature goes elsewhere at once).
+    fn try_pss(
+        &self,
+        key: &Key,
+        mech: Mechanism,
+        md: Hash,
+        input: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let ty = mech.ty;
+        let cap = key.raw_signature_len() as u64;
+        match key.token_op(CallId::SignInit, CallId::Sign, mech, input, cap) {
+            Ok(sig) => Ok(Some(sig)),
+            Err(e) if e.is_parameter_refusal() => {
+                tracing::debug!(mechanism = ty, error = %e.error, "the token refuses these PSS parameters");
+                lock_refused().insert(self.pss_refusal(key, ty, md));
+                Ok(None)
+            }
+            Err(e) => Err(e.error),
+        }
+    }
+
+    /// Whether this token refused PSS with `mech` and these parameters before.
+    fn pss_refused(&self, key: &Key, mech: u64, md: Hash) -> bool {
+        lock_refused().contains(&self.pss_refusal(key, mech, md))
+    }
+
+    fn pss_refusal(&self, key: &Key, mech: u64, md: Hash) -> String {
+        let mgf1 = self.mgf1.unwrap_or(md);
+        format!(
+            "{}\u{0}{mech}\u{0}{}\u{0}{}",
+            key.token_identity,
+            md.name(),
+            mgf1.name()
+        )
     }
 
     /// The PSS salt length in bytes for this key and digest.
@@ -444,15 +498,23 @@ impl SigCtx {
             };
             // The token's hashed mechanism when it has one; the raw one (one round trip
             // either way) otherwise. Prefer hashed only if the key allows it.
-            if let Some(mech) = hashed.filter(|m| key.allows(m.ty))
+            let hashed = hashed.filter(|m| key.allows(m.ty) && !self.pss_refused(&key, m.ty, md));
+            if let Some(mech) = hashed
                 && (!raw_allowed || prefer_token_hash())
             {
-                let sig = self.token_sign(&key, mech, data)?;
-                return Ok(if self.algorithm == Algorithm::Ecdsa {
-                    self.ecdsa_output(sig)
+                if self.padding == Padding::Pss && self.algorithm == Algorithm::Rsa {
+                    // Parameters the token refuses: signed as a digest below.
+                    if let Some(sig) = self.try_pss(&key, mech, md, data)? {
+                        return Ok(sig);
+                    }
                 } else {
-                    sig
-                });
+                    let sig = self.token_sign(&key, mech, data)?;
+                    return Ok(if self.algorithm == Algorithm::Ecdsa {
+                        self.ecdsa_output(sig)
+                    } else {
+                        sig
+                    });
+                }
             }
         }
         let saved = self.md;
@@ -598,6 +660,16 @@ impl SigCtx {
             }
         })
     }
+}
+
+/// Tokens (by identity), PSS mechanisms and digest/MGF1 pairs the token refused at
+/// `C_SignInit` (SoftHSM: an MGF1 digest other than the message digest).
+fn lock_refused() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static SET: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether the key may sign with raw RSA (`CKM_RSA_X_509`) but not with `mech`: then p11fwd pads

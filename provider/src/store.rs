@@ -20,7 +20,7 @@ use p11fwd_wire::Attribute;
 use p11fwd_wire::consts::*;
 use zeroize::Zeroizing;
 
-use crate::backend::{Auth, Link, ObjectAttrs, Token};
+use crate::backend::{Auth, Link, ObjectAttrs, PinFrom, Token};
 use crate::config::LoginBehavior;
 use crate::error::Error;
 use crate::ffi::cast::{Castable, OwnershipBox};
@@ -39,8 +39,9 @@ pub(crate) enum Expect {
 
 /// Asks the application or the user for a PIN.
 pub(crate) trait PinPrompt {
-    /// The PIN for the token labelled `token`, or `None`.
-    fn ask(&mut self, token: &str) -> Option<Zeroizing<String>>;
+    /// The PIN for the token labelled `token`, and where it came from, or `None`. On the
+    /// token's `final_try` only a PIN typed at p11fwd's own prompt.
+    fn ask(&mut self, token: &str, final_try: bool) -> Option<(Zeroizing<String>, PinFrom)>;
 }
 
 /// One object found.
@@ -250,6 +251,7 @@ impl StoreCtx {
             return false;
         }
         if self.uri.slot_description().is_some() || self.uri.slot_manufacturer().is_some() {
+            link.count_round_trip();
             let Ok(info) = link.client.get_slot_info(token.slot) else {
                 return false;
             };
@@ -263,6 +265,7 @@ impl StoreCtx {
             }
         }
         if self.uri.has_library_attributes() {
+            link.count_round_trip();
             let Ok(info) = link.client.get_info() else {
                 return false;
             };
@@ -278,45 +281,21 @@ impl StoreCtx {
         true
     }
 
-    /// The PIN for `token`, in the documented order; `Ok(None)` for a protected path. A PIN
-    /// that came from the prompt is remembered only with `pkcs11-module-cache-pins`.
-    fn pin(
-        &self,
-        token: &Token,
-        prompt: &mut dyn PinPrompt,
-    ) -> Result<Option<Zeroizing<String>>, Error> {
-        if token.protected_path() {
-            return Ok(None);
-        }
-        if let Some(pin) = self.pin_without_prompt(token)? {
-            return Ok(Some(pin));
-        }
-        let backend = self.provctx.backend();
-        match prompt.ask(&token.label()) {
-            Some(pin) => {
-                if backend.cache_pins {
-                    backend.remember_pin(token, &pin);
-                }
-                Ok(Some(pin))
-            }
-            None => Err(Error::PinRequired(token.label())),
-        }
+    /// How to log in to `token`: the PIN in the documented order (`Backend::login_pin`).
+    fn auth(&self, link: &Link, token: &Token, prompt: &mut dyn PinPrompt) -> Result<Auth, Error> {
+        let given = self.pin_without_prompt(token)?;
+        let (pin, from) = self
+            .provctx
+            .backend()
+            .login_pin(link, token, given, prompt)?;
+        Ok(Auth::User(pin, from))
     }
 
     /// The PIN from the URI, the configuration or an earlier login.
     fn pin_without_prompt(&self, token: &Token) -> Result<Option<Zeroizing<String>>, Error> {
-        let backend = self.provctx.backend();
-        let from_uri = p11fwd_conf::pin::resolve_pin(&self.uri).map_err(|e| Error::UriParse {
-            uri: self.shown.clone(),
-            problem: e.to_string(),
-        })?;
-        if let Some(pin) = from_uri {
-            return Ok(Some(pin));
-        }
-        if let Some(pin) = backend.configured_pin()? {
-            return Ok(Some(pin));
-        }
-        Ok(backend.remembered_pin(token))
+        self.provctx
+            .backend()
+            .given_pin(&self.uri, &self.shown, token)
     }
 
     fn template(&self, class: Option<ObjectClass>) -> Vec<Attribute> {
@@ -334,6 +313,11 @@ impl StoreCtx {
             t.push(Attribute::bytes(CKA_SUBJECT, subject.clone()));
         }
         t
+    }
+
+    /// Whether the URI (or the store's alias) names an object: a label or an id.
+    fn names_object(&self) -> bool {
+        self.uri.object().is_some() || self.uri.id().is_some() || self.alias.is_some()
     }
 
     /// Whether searching `token` for `wanted` would log in with a PIN.
@@ -414,10 +398,12 @@ impl StoreCtx {
             && (behavior == LoginBehavior::Always || (wants_private && token.login_required()));
         let mut pin_used = None;
         let auth = if login_now {
-            match self.pin(token, prompt) {
-                Ok(pin) => {
-                    pin_used.clone_from(&pin);
-                    Auth::User(pin)
+            match self.auth(link, token, prompt) {
+                Ok(auth) => {
+                    if let Auth::User(pin, _) = &auth {
+                        pin_used.clone_from(pin);
+                    }
+                    auth
                 }
                 // Everything was asked for: list what is visible without a login.
                 Err(Error::PinRequired(_)) if wanted.len() > 1 => Auth::None,
@@ -429,6 +415,9 @@ impl StoreCtx {
         // One class only when it is all we want and the URI names no object: otherwise take
         // every class, so a key's public key and certificate come in the same reply.
         let class = match wanted {
+            // Every class when the URI names the key: its certificate (or private key) stands
+            // in for a missing public-key object.
+            [ObjectClass::PublicKey] if self.names_object() => None,
             [c] if *c != ObjectClass::PrivateKey => Some(*c),
             [c] if self.uri.object().is_none() && self.uri.id().is_none() => Some(*c),
             _ => None,
@@ -441,7 +430,7 @@ impl StoreCtx {
                 return Err(e);
             }
             tracing::debug!(error = %e, "login failed; listing public objects");
-        } else if let (Auth::User(_), Some(pin)) = (&auth, &pin_used)
+        } else if let (Auth::User(_, PinFrom::Given), Some(pin)) = (&auth, &pin_used)
             && self.pin_without_prompt(token).ok().flatten().is_some()
         {
             // A configured PIN that worked: kept for logins on later connections (fork).
@@ -453,9 +442,8 @@ impl StoreCtx {
             && !wants_private
             && token.login_required()
             && !token.logged_in()
-            && let Ok(pin) = self.pin(token, prompt)
+            && let Ok(auth) = self.auth(link, token, prompt)
         {
-            let auth = Auth::User(pin.clone());
             let (again, err) = link.find(token, session.handle, self.template(class), &auth)?;
             if let Some(e) = err {
                 return Err(e);
@@ -497,7 +485,16 @@ impl StoreCtx {
                     p.class == Some(CKO_PUBLIC_KEY) && p.id == o.id && p.ec_point.is_some()
                 })
         });
-        if wanted.contains(&ObjectClass::Certificate) || key_without_public {
+        // Public keys asked for, and a certificate without a public-key object of its id.
+        let public_from_cert = wanted == [ObjectClass::PublicKey]
+            && self.names_object()
+            && objects.iter().any(|c| {
+                c.class == Some(CKO_CERTIFICATE)
+                    && !objects
+                        .iter()
+                        .any(|p| p.class == Some(CKO_PUBLIC_KEY) && p.id == c.id)
+            });
+        if wanted.contains(&ObjectClass::Certificate) || key_without_public || public_from_cert {
             link.certificate_values(session.handle, &mut objects)?;
         }
         drop(session);
@@ -564,7 +561,23 @@ impl StoreCtx {
                         cert: companion(k, CKO_CERTIFICATE),
                     };
                     if let Ok(key) = Key::build(&self.provctx, link, token, &parts, true) {
+                        seen_ids.push(k.id.clone());
                         found.push(self.register(key.public_only()));
+                    }
+                }
+                // Certificates whose key has neither a public-key object nor a private key
+                // visible here give theirs, when the URI names that key (not when listing: a
+                // CA certificate on the token is no key of the token).
+                for c in of_class(CKO_CERTIFICATE) {
+                    if seen_ids.contains(&c.id) || !self.names_object() {
+                        continue;
+                    }
+                    match Key::from_certificate_object(&self.provctx, token, c) {
+                        Ok(key) => {
+                            seen_ids.push(c.id.clone());
+                            found.push(self.register(key));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "skipping a certificate's key"),
                     }
                 }
             }

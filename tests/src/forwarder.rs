@@ -446,6 +446,29 @@ impl AnyServer {
         }
     }
 
+    /// Starts a server of `kind` serving `token.uri()` through `module` (a module that wraps the
+    /// token's SoftHSM: pkcs11-spy, a test shim), with `env` added to the server's environment.
+    #[track_caller]
+    pub fn start_module(
+        kind: ServerKind,
+        token: &TestToken,
+        module: &Path,
+        env: &[(&str, &OsStr)],
+    ) -> Self {
+        match kind {
+            ServerKind::Stock => {
+                Self::Stock(StockServer::start_module(token, &token.uri(), module, env))
+            }
+            ServerKind::Forwarder => {
+                let mut b = ForwarderServer::builder(token).provider(module);
+                for (k, v) in env {
+                    b = b.env(k, v);
+                }
+                Self::Forwarder(b.start())
+            }
+        }
+    }
+
     /// The stock server, if this is one.
     pub fn as_stock(&self) -> Option<&StockServer> {
         match self {

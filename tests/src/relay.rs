@@ -41,8 +41,14 @@ pub struct RelayStats {
 #[derive(Debug, Default)]
 struct Shared {
     stats: Mutex<RelayStats>,
+    /// The process id of every accepted client (`SO_PEERCRED`), in accept order.
+    peers: Mutex<Vec<i32>>,
     /// Every stream of every connection, so that drop can shut them down.
     streams: Mutex<Vec<UnixStream>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
@@ -91,6 +97,9 @@ impl Relay {
                         }
                         let Ok(client) = client else { continue };
                         shared.stats().conns += 1;
+                        if let Ok(cred) = rustix::net::sockopt::socket_peercred(&client) {
+                            lock(&shared.peers).push(cred.pid.as_raw_pid());
+                        }
                         // A connection whose target is not there is just closed, as the Python relay does.
                         let _ = relay_connection(client, &target, one_way_delay, &shared);
                     }
@@ -123,9 +132,16 @@ impl Relay {
         *self.shared.stats()
     }
 
+    /// The process ids of the clients whose connections were accepted since the last
+    /// [`Relay::reset_stats`], in accept order (one entry per connection).
+    pub fn peer_pids(&self) -> Vec<i32> {
+        lock(&self.shared.peers).clone()
+    }
+
     /// Sets every count back to zero (to measure one phase of a test).
     pub fn reset_stats(&self) {
         *self.shared.stats() = RelayStats::default();
+        lock(&self.shared.peers).clear();
     }
 }
 

@@ -39,12 +39,35 @@ impl StockServer {
     /// `pkcs11:token=p11fwd-test?write-protected=yes`).
     #[track_caller]
     pub fn start_uri(token: &TestToken, uri: &str) -> Self {
-        Self::start_args(token, uri, &[])
+        Self::start_full(token, uri, token.module_path(), &[], &[])
     }
 
     /// Like [`StockServer::start_uri`], with more options before the URI (`-u`, `-g`, ...).
     #[track_caller]
     pub fn start_args(token: &TestToken, uri: &str, args: &[&str]) -> Self {
+        Self::start_full(token, uri, token.module_path(), &[], args)
+    }
+
+    /// Like [`StockServer::start_uri`], with `module` as `--provider` (a module that wraps the
+    /// token's SoftHSM, such as OpenSC's pkcs11-spy) and `env` added to the server's environment.
+    #[track_caller]
+    pub fn start_module(
+        token: &TestToken,
+        uri: &str,
+        module: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        Self::start_full(token, uri, module, env, &[])
+    }
+
+    #[track_caller]
+    fn start_full(
+        token: &TestToken,
+        uri: &str,
+        module: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+        args: &[&str],
+    ) -> Self {
         let p11kit = require_tool("p11-kit");
         let dir = tempfile::Builder::new()
             .prefix("p11fwd-stock.")
@@ -55,10 +78,11 @@ impl StockServer {
         let out = dir.path().join("stock.out");
         let mut cmd = Command::new(p11kit);
         cmd.envs(token.env())
+            .envs(env.iter().copied())
             .arg("server")
             .arg("-f")
             .arg("--provider")
-            .arg(token.module_path())
+            .arg(module)
             .arg("-n")
             .arg(&socket)
             .args(args)

@@ -662,10 +662,7 @@ impl TestToken {
         extra: &[&str],
     ) {
         run_ok(
-            self.command(require_tool("pkcs11-tool"))
-                .arg("--module")
-                .arg(&self.module)
-                .args(["--token-label", token, "--login", "--pin", pin])
+            self.pkcs11_tool_on(token, pin)
                 .args(["--keypairgen", "--key-type", key_type, "--label", label])
                 .args(["--id", id])
                 .args(extra),
@@ -699,6 +696,38 @@ impl TestToken {
             "EC:prime256v1",
             &usage,
         );
+    }
+
+    /// Deletes the object of `kind` (pkcs11-tool's `--type`: `pubkey`, `privkey`, `cert`, ...)
+    /// labelled `label`, with `pkcs11-tool --delete-object`: for layouts such as a private key
+    /// whose public part is only in its certificate. Running servers see it on their next search.
+    ///
+    /// # Panics
+    /// If pkcs11-tool is missing or fails.
+    #[track_caller]
+    pub fn delete_object(&self, kind: &str, label: &str) {
+        run_ok(
+            self.pkcs11_tool()
+                .args(["--delete-object", "--type", kind, "--label", label]),
+        );
+    }
+
+    /// `pkcs11-tool --module <softhsm> --token-label <label> --login --pin <user PIN>`.
+    fn pkcs11_tool(&self) -> Command {
+        self.pkcs11_tool_on(&self.label, self.user_pin())
+    }
+
+    /// `pkcs11-tool --module <softhsm> --token-label <token> --login --pin <pin>`.
+    fn pkcs11_tool_on(&self, token: &str, pin: &str) -> Command {
+        let mut cmd = self.command(require_tool("pkcs11-tool"));
+        cmd.arg("--module").arg(&self.module).args([
+            "--token-label",
+            token,
+            "--login",
+            "--pin",
+            pin,
+        ]);
+        cmd
     }
 }
 

@@ -220,3 +220,58 @@ fn genpkey_creates_token_keys_that_sign_through_their_uri_pem_file() {
         );
     }
 }
+
+/// `id=` in `pkcs11_uri` becomes the pair's CKA_ID (checked with pkcs11-tool), and `genpkey`
+/// needs no other provider than p11fwd (`-provider p11fwd` alone: its keymgmt generates on the
+/// token, its encoder writes the URI-PEM file) for RSA, EC and Ed25519. The new key is then
+/// found by its id alone.
+#[test]
+fn genpkey_with_an_id_and_with_p11fwd_alone() {
+    for kind in KINDS {
+        let env = Env::new(kind, &[Key::EcP256]);
+        let cases: [(&str, &str, &[&str]); 3] = [
+            ("gen-id-rsa", "a1b2c3", &["-algorithm", "RSA"]),
+            (
+                "gen-id-p256",
+                "0102",
+                &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            ),
+            ("gen-id-ed25519", "ff", &["-algorithm", "ED25519"]),
+        ];
+        for (label, id, alg) in cases {
+            let what = format!("{kind}: {label}");
+            let key_pem = env.path(&format!("{label}.pem"));
+            let id_uri: String = id
+                .as_bytes()
+                .chunks(2)
+                .map(|h| format!("%{}", std::str::from_utf8(h).unwrap()))
+                .collect();
+            let uri = format!(
+                "pkcs11_uri:{};object={label};id={id_uri}?pin-value=123456",
+                env.token.uri()
+            );
+            let mut args = vec!["genpkey", "-provider", "p11fwd"];
+            args.extend(alg);
+            args.extend(["-pkeyopt", &uri, "-out", s(&key_pem)]);
+            assert_ok(&env.soft(&args), &format!("{what}: p11fwd alone"));
+            let listing = objects(&env, label);
+            let ids: Vec<&str> = listing
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("ID:"))
+                .map(str::trim)
+                .collect();
+            assert_eq!(ids, [id, id], "{what}:\n{listing}");
+            // The pair is found by its id alone.
+            let by_id = format!(
+                "{};id={id_uri};type=private?pin-value=123456",
+                env.token.uri()
+            );
+            let out = env.ok(&["pkey", "-in", &by_id, "-text", "-noout"]);
+            assert!(
+                out.stdout.contains(&format!("object={label}")),
+                "{what}: {}",
+                out.stdout
+            );
+        }
+    }
+}

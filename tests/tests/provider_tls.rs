@@ -193,17 +193,20 @@ fn tls_servers_with_token_keys() {
                 );
                 // The key is loaded before ACCEPT; the handshake itself is one signature.
                 env.take_round_trips();
-                let out = client(&env, &server, &["-CAfile", s(&cert), "-servername", label]);
+                let out = client(
+                    &env,
+                    &server,
+                    &["-CAfile", s(&cert), "-servername", label, "-trace"],
+                );
                 let trips = env.take_round_trips();
                 let log = server.finish();
                 check(&out, &log, &what, version);
                 assert_eq!(trips, 1, "{what}: round trips per handshake");
-                println!(
-                    "{what}: {}",
-                    out.stdout
-                        .lines()
-                        .find(|l| l.starts_with("Peer signature type"))
-                        .unwrap_or("?")
+                // The server's one handshake signature, with the scheme its key calls for.
+                assert_eq!(
+                    signature_schemes(&out.stdout),
+                    [expected_scheme(key)],
+                    "{what}"
                 );
             }
         }
@@ -225,10 +228,14 @@ fn tls_clients_with_token_keys_and_server_verify() {
                     "-tls1_2"
                 };
                 let what = format!("{kind}, client key {label}, {version}");
+                let trace = env.path(&format!("client-{label}-{flag}.trace"));
                 let server = TlsServer::start(
                     &env,
                     &format!("client-{label}-{flag}"),
                     &[
+                        "-trace",
+                        "-msgfile",
+                        s(&trace),
                         "-key",
                         s(&server_key),
                         "-cert",
@@ -255,8 +262,40 @@ fn tls_clients_with_token_keys_and_server_verify() {
                 );
                 let log = server.finish();
                 check(&out, &log, &what, version);
+                // The server's (software P-256) signature, then the client's token key's.
+                let trace = std::fs::read_to_string(&trace).unwrap();
+                assert_eq!(
+                    signature_schemes(&trace),
+                    ["ecdsa_secp256r1_sha256", expected_scheme(key)],
+                    "{what}"
+                );
             }
         }
+    }
+}
+
+/// The TLS signature scheme each handshake signature was made with, in order, from `-trace`
+/// output (`Signature Algorithm: rsa_pss_rsae_sha256 (0x0804)` in CertificateVerify, and in
+/// TLS 1.2's ServerKeyExchange).
+fn signature_schemes(trace: &str) -> Vec<&str> {
+    trace
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Signature Algorithm: "))
+        .filter(|l| l.contains("(0x"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
+}
+
+/// The scheme a token key must sign TLS 1.2 and 1.3 handshakes with: RSA keys PSS with the
+/// rsaEncryption public key (rsa_pss_rsae, as TLS 1.3 requires), the PSS-only key PSS with its
+/// RSA-PSS certificate (rsa_pss_pss), EC and Ed25519 keys their own.
+fn expected_scheme(key: Key) -> &'static str {
+    match key {
+        Key::Rsa2048 => "rsa_pss_rsae_sha256",
+        Key::RsaPss => "rsa_pss_pss_sha256",
+        Key::EcP256 => "ecdsa_secp256r1_sha256",
+        Key::Ed25519 => "ed25519",
+        other => panic!("no TLS scheme expected for {other:?}"),
     }
 }
 
@@ -394,14 +433,14 @@ fn tls_with_a_raw_rsa_only_key() {
             let out = client(
                 &env,
                 &server,
-                &["-CAfile", s(&cert), "-servername", "rsa-raw"],
+                &["-CAfile", s(&cert), "-servername", "rsa-raw", "-trace"],
             );
             let log = server.finish();
             check(&out, &log, &what, version);
-            assert!(
-                out.stdout.contains("Peer signature type: RSA-PSS"),
-                "{what}\n{}",
-                out.stdout
+            assert_eq!(
+                signature_schemes(&out.stdout),
+                ["rsa_pss_rsae_sha256"],
+                "{what}"
             );
         }
     }

@@ -4,6 +4,7 @@ use core::ffi::{c_char, c_int, c_void};
 
 use zeroize::Zeroizing;
 
+use crate::backend::PinFrom;
 use crate::error::Error;
 use crate::ffi::boundary::entry;
 use crate::ffi::cast::{ArcCastable, BoxCastable, Castable, bytes, c_str};
@@ -93,8 +94,8 @@ pub(crate) struct CallbackPrompt {
 }
 
 impl PinPrompt for CallbackPrompt {
-    fn ask(&mut self, token: &str) -> Option<Zeroizing<String>> {
-        if let Some(cb) = self.cb {
+    fn ask(&mut self, token: &str, final_try: bool) -> Option<(Zeroizing<String>, PinFrom)> {
+        if let Some(cb) = self.cb.filter(|_| !final_try) {
             let info = std::ffi::CString::new(format!("PKCS#11 token {token}")).ok()?;
             let params = ParamBuilder::new()
                 .utf8(OSSL_PASSPHRASE_PARAM_INFO, &info)
@@ -117,11 +118,11 @@ impl PinPrompt for CallbackPrompt {
                 && len <= buf.len()
                 && let Ok(pin) = core::str::from_utf8(&buf[..len])
             {
-                return Some(Zeroizing::new(pin.to_owned()));
+                return Some((Zeroizing::new(pin.to_owned()), PinFrom::Given));
             }
             tracing::debug!("the application's passphrase callback gave no PIN");
         }
-        crate::ffi::ui::prompt(token)
+        crate::ffi::ui::TerminalPrompt.ask(token, final_try)
     }
 }
 

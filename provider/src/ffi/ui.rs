@@ -8,18 +8,36 @@ use std::ffi::CString;
 
 use zeroize::Zeroizing;
 
+use crate::backend::PinFrom;
+use crate::store::PinPrompt;
 use crate::sys;
+
+/// p11fwd's own terminal prompt as a [`PinPrompt`] (for key generation, which has no
+/// application callback).
+pub(crate) struct TerminalPrompt;
+
+impl PinPrompt for TerminalPrompt {
+    fn ask(&mut self, token: &str, final_try: bool) -> Option<(Zeroizing<String>, PinFrom)> {
+        prompt(token, final_try).map(|pin| (pin, PinFrom::Typed))
+    }
+}
 
 /// The longest PIN read.
 const MAX_PIN: usize = 256;
 
-/// Prompts "Enter PIN for <token>: " and returns what was typed.
-pub(crate) fn prompt(token: &str) -> Option<Zeroizing<String>> {
+/// Prompts "Enter PIN for <token>: " and returns what was typed. On the token's final try the
+/// prompt says so: "Enter PIN for <token> (final try: a wrong PIN locks it): ".
+pub(crate) fn prompt(token: &str, final_try: bool) -> Option<Zeroizing<String>> {
     // SAFETY: isatty only inspects the descriptor.
     if unsafe { libc::isatty(0) } != 1 {
         return None;
     }
-    let text = CString::new(format!("Enter PIN for {token}: ")).ok()?;
+    let warning = if final_try {
+        " (final try: a wrong PIN locks it)"
+    } else {
+        ""
+    };
+    let text = CString::new(format!("Enter PIN for {token}{warning}: ")).ok()?;
     let mut buf = Zeroizing::new(vec![0u8; MAX_PIN + 1]);
     // SAFETY: no preconditions; NULL on allocation failure.
     let ui = unsafe { sys::UI_new() };
