@@ -74,7 +74,8 @@ pub struct ServerArgs {
     pub pass_raw_params: Vec<u64>,
     /// Spare sessions per key and mechanism on which the next `C_SignInit` is done ahead, so
     /// that a signature waits only for `C_Sign` (0: off).
-    #[arg(long = "sign-ahead", value_name = "N", default_value_t = crate::prearm::DEFAULT_PER_KEY,
+    #[arg(long = "sign-ahead", env = "P11FWD_SIGN_AHEAD", value_name = "N",
+          default_value_t = crate::prearm::DEFAULT_PER_KEY,
           value_parser = clap::value_parser!(u8).range(0..=16))]
     pub sign_ahead: u8,
     /// The tokens to serve (`pkcs11:` URIs, e.g. `pkcs11:token=mine`; `pkcs11:` is every token).

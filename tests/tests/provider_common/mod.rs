@@ -86,6 +86,8 @@ impl Env {
             &[
                 ("PKCS11SPY", softhsm.as_os_str()),
                 ("PKCS11SPY_OUTPUT", log.as_os_str()),
+                // Only the client's calls: no spare sessions signing ahead (p11fwd server).
+                ("P11FWD_SIGN_AHEAD", OsStr::new("0")),
             ],
         );
         (env, log)
