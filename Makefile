@@ -5,8 +5,9 @@
 #   make test      deps, fmt check, clippy, build, tests (cargo-nextest if present)
 #   make demo      deps, build, scripts/demo.sh
 #   make bench     deps, release build, the benchmark harness (writes docs/benchmarks.*)
-#   make dist      release build laid out as an install tree in dist/
-#   make install   install that tree under $(PREFIX) (default /usr/local)
+#   make dist      release build laid out as an install tree in dist/ (DIST=dir elsewhere;
+#                  PROFILE=debug lays out the debug build instead: the tests do, to reuse it)
+#   make install   install that tree under $(PREFIX) (default /usr/local; DESTDIR honoured)
 #   make clean
 
 CARGO ?= cargo
@@ -20,6 +21,11 @@ DIST ?= dist
 # Same rule as cargo: CARGO_TARGET_DIR, else ./target.
 TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
 RELEASE_DIR := $(TARGET_DIR)/release
+
+# The cargo profile `make dist` lays out: release, or debug (cargo's `dev`, in target/debug).
+PROFILE ?= release
+CARGO_PROFILE := $(if $(filter debug dev,$(PROFILE)),dev,$(PROFILE))
+PROFILE_DIR := $(TARGET_DIR)/$(if $(filter dev,$(CARGO_PROFILE)),debug,$(CARGO_PROFILE))
 
 # Everything the tests and the demo drive: the token side (SoftHSM, stock p11-kit server and
 # client), the peers (pkcs11-tool, GnuTLS, NSS, OpenSSL engine, OpenSSH, curl), and the build
@@ -102,12 +108,14 @@ bench: deps
 	$(CARGO) build -p p11fwd-tests --bin p11fwd-test-token
 	$(RELEASE_DIR)/p11fwd-bench $(BENCH_ARGS)
 
+# `--workspace`, as `make build` and `make bench`: the same feature set, so the artefacts are
+# reused rather than rebuilt (with PROFILE=debug after `make build`, cargo has nothing to do).
 dist:
-	$(CARGO) build --workspace --release
+	$(CARGO) build --workspace --profile $(CARGO_PROFILE)
 	rm -rf $(DIST)
-	install -D -m 0755 $(RELEASE_DIR)/p11fwd $(DIST)/bin/p11fwd
-	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_provider.so $(DIST)/lib/ossl-modules/p11fwd.so
-	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_client.so $(DIST)/lib/pkcs11/p11fwd-client.so
+	install -D -m 0755 $(PROFILE_DIR)/p11fwd $(DIST)/bin/p11fwd
+	install -D -m 0755 $(PROFILE_DIR)/libp11fwd_provider.so $(DIST)/lib/ossl-modules/p11fwd.so
+	install -D -m 0755 $(PROFILE_DIR)/libp11fwd_client.so $(DIST)/lib/pkcs11/p11fwd-client.so
 	install -d $(DIST)/share/p11fwd
 	# The templates (systemd user units, p11-kit module file) rendered for $(PREFIX).
 	for t in conf/templates/*; do \
