@@ -323,3 +323,34 @@ fn connecting_to_a_server_that_does_not_accept_times_out() {
     assert!(matches!(err, Error::Timeout), "{err:?}");
     drop(listener);
 }
+
+/// A module may return fewer handles than asked for before the search ends: `find_all` goes on
+/// until a `C_FindObjects` comes back empty (here one handle per call, 5 in all).
+#[test]
+fn find_all_goes_on_until_the_module_returns_no_handle() {
+    let (_d, path) = serve(2, |mut s| {
+        let mut frames = Frames::default();
+        let mut next = 1;
+        while let Some((code, r)) = frames.next(&mut s) {
+            let args = match r.call {
+                CallId::FindObjectsInit => {
+                    next = 1;
+                    vec![]
+                }
+                CallId::FindObjects if next <= 5 => {
+                    next += 1;
+                    vec![Arg::UlongArray(UlongArray::Data(vec![next - 1]))]
+                }
+                CallId::FindObjects => vec![Arg::UlongArray(UlongArray::Data(vec![]))],
+                CallId::FindObjectsFinal => vec![],
+                other => panic!("unexpected {other}"),
+            };
+            reply(&mut s, code, r.call, args);
+        }
+    });
+    let client = Client::connect(&path, opts(5000)).unwrap();
+    assert_eq!(
+        client.find_all(1, vec![], 4096).unwrap(),
+        vec![1, 2, 3, 4, 5]
+    );
+}
