@@ -2,11 +2,13 @@
 #
 #   make deps      install the Debian 12 packages the tests and the demo need (as root)
 #   make build     cargo build --workspace
-#   make test      deps, fmt check, clippy, build, tests (cargo-nextest if present)
+#   make test      deps, toolchain check, fmt check, clippy, fuzz crate check, build, tests
+#                  (cargo-nextest if present)
 #   make demo      deps, build, scripts/demo.sh
 #   make bench     deps, release build, the benchmark harness (writes docs/benchmarks.*)
-#   make dist      release build laid out as an install tree in dist/
-#   make install   install that tree under $(PREFIX) (default /usr/local)
+#   make dist      release build laid out as an install tree in dist/ (DIST=dir elsewhere;
+#                  PROFILE=debug lays out the debug build instead: the tests do, to reuse it)
+#   make install   install that tree under $(PREFIX) (default /usr/local; DESTDIR honoured)
 #   make clean
 
 CARGO ?= cargo
@@ -21,9 +23,17 @@ DIST ?= dist
 TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),$(CURDIR)/target)
 RELEASE_DIR := $(TARGET_DIR)/release
 
+# The cargo profile `make dist` lays out: release, or debug (cargo's `dev`, in target/debug).
+PROFILE ?= release
+CARGO_PROFILE := $(if $(filter debug dev,$(PROFILE)),dev,$(PROFILE))
+PROFILE_DIR := $(TARGET_DIR)/$(if $(filter dev,$(CARGO_PROFILE)),debug,$(CARGO_PROFILE))
+
+# The Rust version the workspace needs (rust-version in Cargo.toml).
+RUST_MIN := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+
 # Everything the tests and the demo drive: the token side (SoftHSM, stock p11-kit server and
 # client), the peers (pkcs11-tool, GnuTLS, NSS, OpenSSL engine, OpenSSH, curl), and the build
-# needs of the openssl-sys based crates.
+# needs of the openssl-sys based crates and of libfuzzer-sys (g++, for the fuzz check).
 DEB_PACKAGES := \
 	ca-certificates \
 	gcc \
@@ -43,11 +53,13 @@ DEB_PACKAGES := \
 	openssh-client \
 	curl \
 	python3 \
-	valgrind
+	valgrind \
+	g++
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: all deps build test check-fmt clippy nextest demo bench dist install uninstall clean
+.PHONY: all deps toolchain build test check-fmt clippy fuzz-check nextest demo bench dist install \
+	uninstall clean
 
 all: build
 
@@ -65,6 +77,32 @@ deps:
 		echo "make deps: all Debian packages present"; \
 	fi
 
+# Rust is not a Debian package here (Debian 12's rustc is too old): check that cargo is there
+# and recent enough, and that the rustfmt and clippy components are installed (with rustup
+# when it is there, they are added).
+toolchain:
+	@command -v $(CARGO) >/dev/null 2>&1 || { \
+		echo "make: $(CARGO) not found: install Rust $(RUST_MIN) or later with rustup (https://rustup.rs)" >&2; \
+		exit 1; }
+	@have=$$($(CARGO) --version | sed -n 's/^cargo \([0-9][0-9.]*\).*/\1/p'); \
+	if [ "$$(printf '%s\n%s\n' "$(RUST_MIN)" "$$have" | sort -V | head -n1)" != "$(RUST_MIN)" ]; then \
+		echo "make: cargo $$have is older than Rust $(RUST_MIN) (rust-version in Cargo.toml): rustup update stable" >&2; \
+		exit 1; \
+	fi
+	@for c in fmt:rustfmt clippy:clippy; do \
+		sub=$${c%%:*}; comp=$${c#*:}; \
+		$(CARGO) $$sub --version >/dev/null 2>&1 && continue; \
+		if command -v rustup >/dev/null 2>&1; then \
+			echo "make: cargo $$sub missing: rustup component add $$comp"; \
+			rustup component add $$comp || exit 1; \
+		else \
+			echo "make: cargo $$sub not found: install the $$comp component of your Rust toolchain" >&2; \
+			exit 1; \
+		fi; \
+	done
+	@$(CARGO) nextest --version >/dev/null 2>&1 || \
+		echo "make: cargo-nextest not found; the tests will run with cargo test (install it: cargo install --locked cargo-nextest)"
+
 build:
 	$(CARGO) build --workspace
 
@@ -73,6 +111,12 @@ check-fmt:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The fuzz crate is a workspace of its own (cargo fuzz wants nightly to run it, see design.md
+# §2.3), but it compiles on stable: check that it still does (libfuzzer-sys builds libFuzzer's
+# C++ once, about 30 s, then this is incremental).
+fuzz-check:
+	$(CARGO) check --manifest-path fuzz/Cargo.toml
 
 # The tests need the built binaries and cdylibs (tests/src/artifacts.rs), hence `build` first.
 nextest: build
@@ -85,9 +129,10 @@ nextest: build
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-test: deps
+test: deps toolchain
 	$(MAKE) --no-print-directory check-fmt
 	$(MAKE) --no-print-directory clippy
+	$(MAKE) --no-print-directory fuzz-check
 	$(MAKE) --no-print-directory nextest
 
 demo: deps build
@@ -102,12 +147,14 @@ bench: deps
 	$(CARGO) build -p p11fwd-tests --bin p11fwd-test-token
 	$(RELEASE_DIR)/p11fwd-bench $(BENCH_ARGS)
 
+# `--workspace`, as `make build` and `make bench`: the same feature set, so the artefacts are
+# reused rather than rebuilt (with PROFILE=debug after `make build`, cargo has nothing to do).
 dist:
-	$(CARGO) build --workspace --release
+	$(CARGO) build --workspace --profile $(CARGO_PROFILE)
 	rm -rf $(DIST)
-	install -D -m 0755 $(RELEASE_DIR)/p11fwd $(DIST)/bin/p11fwd
-	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_provider.so $(DIST)/lib/ossl-modules/p11fwd.so
-	install -D -m 0755 $(RELEASE_DIR)/libp11fwd_client.so $(DIST)/lib/pkcs11/p11fwd-client.so
+	install -D -m 0755 $(PROFILE_DIR)/p11fwd $(DIST)/bin/p11fwd
+	install -D -m 0755 $(PROFILE_DIR)/libp11fwd_provider.so $(DIST)/lib/ossl-modules/p11fwd.so
+	install -D -m 0755 $(PROFILE_DIR)/libp11fwd_client.so $(DIST)/lib/pkcs11/p11fwd-client.so
 	install -d $(DIST)/share/p11fwd
 	# The templates (systemd user units, p11-kit module file) rendered for $(PREFIX).
 	for t in conf/templates/*; do \

@@ -3,9 +3,14 @@
 
 server_input: every client->server frame (header + options + body), one file each.
 client_input: every server->client reply body, prefixed with the call id of its request (the
-              fuzz target maps the first byte to the call it decodes the body as).
+              fuzz target maps the first byte to the call it decodes the body as) and the
+              request's mechanism type as a big-endian u32 (0 when it has none; what a
+              C_DeriveKey2 reply's parameter update is decoded by).
+
+The corpus directories are emptied first, so they hold exactly what the captures give (every
+capture under wire/tests/vectors, the every-call ones included: ids 1-89).
 """
-import glob, hashlib, json, os, struct, sys
+import glob, hashlib, json, os, shutil, struct, sys
 
 root = os.path.dirname(os.path.abspath(__file__))
 vectors = os.path.join(root, "..", "wire", "tests", "vectors")
@@ -36,12 +41,39 @@ def save(d, data):
     with open(os.path.join(d, name), "wb") as f:
         f.write(data)
 
-for path in glob.glob(os.path.join(vectors, "*", "*.jsonl")):
+# Calls whose request signature starts "uM" (session, mechanism): the mechanism type is read
+# from there for the client_input prefix.
+tables = json.load(open(os.path.join(root, "..", "wire", "gen", "p11kit-tables.json")))
+MECH_AFTER_SESSION = {cid for cid, _, req, _ in tables["0.26.4"]["calls"] if (req or "").startswith("uM")}
+
+def mechanism(call, body):
+    if call not in MECH_AFTER_SESSION:
+        return 0
+    siglen = struct.unpack(">I", body[4:8])[0]
+    off = 8 + siglen + 8  # call id, signature, the session ulong (8 bytes on the wire)
+    if len(body) < off + 4:
+        return 0
+    return struct.unpack(">I", body[off:off + 4])[0]
+
+for d in ("server_input", "client_input"):
+    shutil.rmtree(os.path.join(root, "corpus", d), ignore_errors=True)
+
+ids = set()
+for path in sorted(glob.glob(os.path.join(vectors, "*", "*.jsonl"))):
     c2s, s2c = streams(path)
     calls = {}
     for code, raw, body in frames(c2s):
         save(os.path.join(root, "corpus", "server_input"), raw)
-        calls[code] = struct.unpack(">I", body[:4])[0]
+        call = struct.unpack(">I", body[:4])[0]
+        calls[code] = (call, mechanism(call, body))
+        ids.add(call)
     for code, raw, body in frames(s2c):
         if code in calls:
-            save(os.path.join(root, "corpus", "client_input"), bytes([calls[code]]) + body)
+            call, mech = calls[code]
+            save(os.path.join(root, "corpus", "client_input"),
+                 bytes([call]) + struct.pack(">I", mech) + body)
+
+missing = sorted(set(range(1, 90)) - ids)
+print(f"call ids in the seeds: {len(ids)}; missing: {missing or 'none'}")
+for d in ("server_input", "client_input"):
+    print(d, len(os.listdir(os.path.join(root, "corpus", d))), "files")

@@ -264,17 +264,31 @@ fn list_objects(
         .collect();
     let idents = client.connection().call_batch(&ident);
     let mut objects = Vec::new();
+    // Labels and IDs that did not fit their buffers, as (object index, attribute type).
+    let mut long = Vec::new();
     for (h, r) in handles.iter().zip(idents) {
         let (attrs, _) = parse::attributes(r.context("C_GetAttributeValue failed")?)?;
         let get = |t| attrs.iter().find(|a| a.ty == t);
         let class = get(CKA_CLASS).and_then(Attribute::as_ulong);
-        let label = get(CKA_LABEL)
-            .and_then(Attribute::as_bytes)
-            .map(<[u8]>::to_vec);
-        let id = get(CKA_ID)
-            .and_then(Attribute::as_bytes)
-            .map(<[u8]>::to_vec);
+        let mut bytes = |t| {
+            let a = get(t)?;
+            let v = a.as_bytes().map(<[u8]>::to_vec);
+            if v.is_none() {
+                long.push((objects.len(), t));
+            }
+            v
+        };
+        let label = bytes(CKA_LABEL);
+        let id = bytes(CKA_ID);
         objects.push((*h, class, label, id));
+    }
+    let wanted: Vec<(u64, u64)> = long.iter().map(|(i, ty)| (objects[*i].0, *ty)).collect();
+    for ((i, ty), value) in long.iter().zip(refetch(client, session, &wanted)) {
+        let o = &mut objects[*i];
+        match *ty {
+            CKA_LABEL => o.2 = value,
+            _ => o.3 = value,
+        }
     }
     let details: Vec<_> = objects
         .iter()
@@ -312,11 +326,27 @@ fn list_objects(
             .and_then(|r| parse::attributes(r).ok())
             .map(|(a, _)| a)
             .unwrap_or_default();
-        let uri = Pkcs11Uri::for_object(token, &view)?;
+        // An RFC 7512 `object` is text: a label that is not UTF-8 is left out of the URI (which
+        // still names the token, the ID and the type) rather than failing the whole token.
+        let text_label = label
+            .as_deref()
+            .is_none_or(|l| std::str::from_utf8(l).is_ok());
+        let uri = Pkcs11Uri::for_object(
+            token,
+            &ObjectView {
+                label: view.label.filter(|_| text_label),
+                ..view
+            },
+        )?;
         let _ = writeln!(out, "    Object: {}", describe(*class, &attrs));
         let _ = writeln!(out, "        URI: {uri}");
         if let Some(l) = label {
-            let _ = writeln!(out, "        Label: {}", String::from_utf8_lossy(l));
+            let note = if text_label {
+                ""
+            } else {
+                " (not UTF-8: not in the URI)"
+            };
+            let _ = writeln!(out, "        Label: {}{note}", String::from_utf8_lossy(l));
         }
         if let Some(i) = id {
             let hex: String = i.iter().map(|b| format!("{b:02x}")).collect();
@@ -328,6 +358,52 @@ fn list_objects(
         let _ = writeln!(out, "    (no objects)");
     }
     Ok(())
+}
+
+/// Byte-array values that did not fit the first buffers, by (object, attribute type). PKCS#11
+/// 2.40 has a module answer a buffer that is too small with `CK_UNAVAILABLE_INFORMATION`
+/// (SoftHSM does), so the size is asked first, then the value with a buffer of that size: two
+/// pipelined round trips for all of them, and none when everything fit. `None` where the
+/// object has no such attribute.
+fn refetch(client: &Client, session: u64, wanted: &[(u64, u64)]) -> Vec<Option<Vec<u8>>> {
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let one = |r: p11fwd_wire::Result<Vec<p11fwd_wire::Arg>>| {
+        r.ok()
+            .and_then(|r| parse::attributes(r).ok())
+            .and_then(|(a, _)| a.into_iter().next())
+    };
+    let sizes: Vec<_> = wanted
+        .iter()
+        .map(|(h, ty)| req::get_attribute_value(session, *h, vec![slot(*ty, 0)]))
+        .collect();
+    let sizes: Vec<Option<u32>> = client
+        .connection()
+        .call_batch(&sizes)
+        .into_iter()
+        .map(|r| one(r).and_then(|a| a.native_len()))
+        .collect();
+    let fetches: Vec<_> = wanted
+        .iter()
+        .zip(&sizes)
+        .filter_map(|((h, ty), len)| {
+            len.filter(|l| *l > 0)
+                .map(|l| req::get_attribute_value(session, *h, vec![slot(*ty, l)]))
+        })
+        .collect();
+    let mut fetched = client.connection().call_batch(&fetches).into_iter();
+    sizes
+        .iter()
+        .map(|len| match len {
+            None => None,
+            Some(0) => Some(Vec::new()),
+            Some(_) => fetched
+                .next()
+                .and_then(one)
+                .and_then(|a| a.as_bytes().map(<[u8]>::to_vec)),
+        })
+        .collect()
 }
 
 fn describe(class: Option<u64>, attrs: &[Attribute]) -> String {

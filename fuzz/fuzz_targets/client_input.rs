@@ -1,4 +1,5 @@
-//! What a client reads: reply bodies from an untrusted server (first byte picks the call).
+//! What a client reads: reply bodies from an untrusted server (first byte picks the call, the
+//! next four are the request's mechanism type; see `p11fwd_wire::fuzzing::client_input`).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 

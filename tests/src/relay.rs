@@ -14,6 +14,9 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`Relay::start_recording`] also keeps every byte of every connection ([`Relay::transcripts`]),
+//! for tests that check what went over the wire.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -38,11 +41,22 @@ pub struct RelayStats {
     pub s2c_bytes: u64,
 }
 
+/// Every byte of one connection, in each direction (version byte included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transcript {
+    /// What the client sent.
+    pub client_to_server: Vec<u8>,
+    /// What the server sent.
+    pub server_to_client: Vec<u8>,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     stats: Mutex<RelayStats>,
     /// The process id of every accepted client (`SO_PEERCRED`), in accept order.
     peers: Mutex<Vec<i32>>,
+    /// `Some` when recording: one transcript per connection, in accept order.
+    transcripts: Option<Mutex<Vec<Transcript>>>,
     /// Every stream of every connection, so that drop can shut them down.
     streams: Mutex<Vec<UnixStream>>,
 }
@@ -77,6 +91,24 @@ impl Relay {
         target_path: impl AsRef<Path>,
         one_way_delay: Duration,
     ) -> io::Result<Self> {
+        Self::start_with(listen_path, target_path, one_way_delay, false)
+    }
+
+    /// [`Relay::start`] without delay, keeping every byte of every connection for
+    /// [`Relay::transcripts`].
+    pub fn start_recording(
+        listen_path: impl AsRef<Path>,
+        target_path: impl AsRef<Path>,
+    ) -> io::Result<Self> {
+        Self::start_with(listen_path, target_path, Duration::ZERO, true)
+    }
+
+    fn start_with(
+        listen_path: impl AsRef<Path>,
+        target_path: impl AsRef<Path>,
+        one_way_delay: Duration,
+        record: bool,
+    ) -> io::Result<Self> {
         let listen = listen_path.as_ref().to_path_buf();
         let target = target_path.as_ref().to_path_buf();
         if listen.exists() {
@@ -84,7 +116,10 @@ impl Relay {
         }
         let listener = UnixListener::bind(&listen)?;
         let handle = listener.try_clone()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            transcripts: record.then(Mutex::default),
+            ..Shared::default()
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = {
             let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
@@ -138,6 +173,15 @@ impl Relay {
         lock(&self.shared.peers).clone()
     }
 
+    /// Every byte each connection carried so far, one transcript per connection in accept
+    /// order (bytes a side has sent are recorded before they are passed on, so everything a
+    /// peer has received is in). Empty unless started with [`Relay::start_recording`].
+    pub fn transcripts(&self) -> Vec<Transcript> {
+        self.shared.transcripts.as_ref().map_or_else(Vec::new, |t| {
+            t.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        })
+    }
+
     /// Sets every count back to zero (to measure one phase of a test).
     pub fn reset_stats(&self) {
         *self.shared.stats() = RelayStats::default();
@@ -188,23 +232,48 @@ fn relay_connection(
         streams.push(client.try_clone()?);
         streams.push(server.try_clone()?);
     }
+    let index = shared.transcripts.as_ref().map(|t| {
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        t.push(Transcript::default());
+        t.len() - 1
+    });
     let awaiting_reply = Arc::new(AtomicBool::new(false));
+    let link = Link {
+        delay,
+        shared: Arc::clone(shared),
+        awaiting_reply,
+        index,
+    };
     pump(
         client.try_clone()?,
         server.try_clone()?,
         Direction::ClientToServer,
-        delay,
-        shared,
-        &awaiting_reply,
+        link.clone(),
     )?;
-    pump(
-        server,
-        client,
-        Direction::ServerToClient,
-        delay,
-        shared,
-        &awaiting_reply,
-    )
+    pump(server, client, Direction::ServerToClient, link)
+}
+
+/// What both directions of one connection share.
+#[derive(Clone)]
+struct Link {
+    delay: Duration,
+    shared: Arc<Shared>,
+    awaiting_reply: Arc<AtomicBool>,
+    /// The connection's transcript, when recording.
+    index: Option<usize>,
+}
+
+impl Link {
+    fn record(&self, direction: Direction, data: &[u8]) {
+        let (Some(t), Some(i)) = (&self.shared.transcripts, self.index) else {
+            return;
+        };
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        match direction {
+            Direction::ClientToServer => t[i].client_to_server.extend_from_slice(data),
+            Direction::ServerToClient => t[i].server_to_client.extend_from_slice(data),
+        }
+    }
 }
 
 /// Copies `from` to `to` with a reader thread (which stamps each chunk with its due time) and a
@@ -213,12 +282,9 @@ fn pump(
     mut from: UnixStream,
     mut to: UnixStream,
     direction: Direction,
-    delay: Duration,
-    shared: &Arc<Shared>,
-    awaiting_reply: &Arc<AtomicBool>,
+    link: Link,
 ) -> io::Result<()> {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-    let (shared, awaiting_reply) = (Arc::clone(shared), Arc::clone(awaiting_reply));
     thread::Builder::new()
         .name("relay-read".into())
         .spawn(move || {
@@ -229,22 +295,23 @@ fn pump(
                     Ok(n) => n,
                 };
                 {
-                    let mut stats = shared.stats();
+                    let mut stats = link.shared.stats();
                     match direction {
                         Direction::ClientToServer => {
                             stats.c2s_bytes += n as u64;
-                            if !awaiting_reply.swap(true, Ordering::SeqCst) {
+                            if !link.awaiting_reply.swap(true, Ordering::SeqCst) {
                                 stats.round_trips += 1;
                             }
                         }
                         Direction::ServerToClient => {
                             stats.s2c_bytes += n as u64;
-                            awaiting_reply.store(false, Ordering::SeqCst);
+                            link.awaiting_reply.store(false, Ordering::SeqCst);
                         }
                     }
                 }
+                link.record(direction, &buf[..n]);
                 if tx
-                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .send((Instant::now() + link.delay, buf[..n].to_vec()))
                     .is_err()
                 {
                     break;
@@ -358,6 +425,24 @@ mod tests {
         stream.read_exact(&mut reply)?;
         assert_eq!(&reply, b"first second");
         assert_eq!(relay.stats().round_trips, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn records_every_byte_of_every_connection() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        echo_server(&dir.path().join("echo.sock"))?;
+        let relay =
+            Relay::start_recording(dir.path().join("relay.sock"), dir.path().join("echo.sock"))?;
+        for msg in [&b"one"[..], b"two two"] {
+            let mut stream = UnixStream::connect(relay.path())?;
+            ping_pong(&mut stream, msg)?;
+        }
+        let t = relay.transcripts();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[1].client_to_server, b"two two");
+        assert_eq!(t[1].server_to_client, b"two two");
+        assert_eq!(t[0].client_to_server, b"one");
         Ok(())
     }
 

@@ -3,13 +3,17 @@
 
 The facts (call table, no-parameter lists, mechanism serializers and attribute value classes of
 p11-kit 0.24.1, 0.25.5 and 0.26.4, and PKCS#11 names) were extracted from the p11-kit sources and
-the PKCS#11 3.2 header; this script only turns them into Rust tables. Rerun it with
-`python3 wire/gen/tables.py ../shared/vectors/tools > wire/src/tables.rs`.
+the PKCS#11 3.2 header; this script only turns them into Rust tables. The two JSON files are
+copied next to this script from ../shared/vectors/tools, so a clone can regenerate (and
+wire/tests/tables.rs check) the tables. Rerun it with
+`python3 wire/gen/tables.py wire/gen | rustfmt --edition 2024 > wire/src/tables.rs` and
+`python3 wire/gen/tables.py wire/gen consts | rustfmt --edition 2024 > wire/src/consts.rs`.
 """
 import json
+import os
 import sys
 
-src = sys.argv[1] if len(sys.argv) > 1 else "../shared/vectors/tools"
+src = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
 tables = json.load(open(f"{src}/p11kit-tables.json"))
 names = json.load(open(f"{src}/pkcs11-names.json"))
 

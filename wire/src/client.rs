@@ -20,6 +20,17 @@ use crate::value::{
 };
 use crate::{CallId, Dialect, Rv};
 
+/// The most handles [`Client::find_all`] collects from one search.
+pub const MAX_FOUND: usize = crate::value::MAX_ULONG_ARRAY as usize;
+
+/// The handles of a `C_FindObjects` reply.
+fn found_handles(args: Vec<Arg>) -> Result<Vec<u64>> {
+    Ok(match parse::ulong_output(args)? {
+        UlongOutput::Data(v) => v,
+        UlongOutput::Size(_) => Vec::new(),
+    })
+}
+
 /// The handshake string `C_Initialize` carries (rpc §6, id 1).
 pub const HANDSHAKE: &[u8] = b"PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1";
 
@@ -927,36 +938,66 @@ impl Client {
     }
     /// `C_FindObjects`
     pub fn find_objects(&self, session: u64, max: u32) -> Result<Vec<u64>> {
-        match parse::ulong_output(self.call(req::find_objects(session, max))?)? {
-            UlongOutput::Data(v) => Ok(v),
-            UlongOutput::Size(_) => Ok(Vec::new()),
-        }
+        found_handles(self.call(req::find_objects(session, max))?)
     }
     /// `C_FindObjectsFinal`
     pub fn find_objects_final(&self, session: u64) -> Result<()> {
         parse::unit(self.call(req::find_objects_final(session))?)
     }
-    /// Init + Find + Final pipelined in one round trip (up to `max` objects).
+    /// Every object matching `template`: `C_FindObjectsInit`, `C_FindObjects` of up to `max`
+    /// handles until one returns none (a module may return fewer than `max` before the end),
+    /// `C_FindObjectsFinal`.
+    ///
+    /// Init, two finds and Final go out in one batch, so a search that ends within the first
+    /// `max` handles costs one round trip. When the second find returns handles as well, the
+    /// search is run again, one find at a time until one comes back empty. More than
+    /// [`MAX_FOUND`] handles in all is an error (a server that never ends the search).
     pub fn find_all(&self, session: u64, template: Vec<Attribute>, max: u32) -> Result<Vec<u64>> {
+        let max = max.max(1);
         let mut results = self
             .conn
             .call_batch(&[
-                req::find_objects_init(session, template),
+                req::find_objects_init(session, template.clone()),
+                req::find_objects(session, max),
                 req::find_objects(session, max),
                 req::find_objects_final(session),
             ])
             .into_iter();
-        let (Some(init), Some(find), Some(fin)) = (results.next(), results.next(), results.next())
-        else {
+        let (Some(init), Some(first), Some(second), Some(fin)) = (
+            results.next(),
+            results.next(),
+            results.next(),
+            results.next(),
+        ) else {
             return Err(Error::Invalid("batch size"));
         };
         parse::unit(init?)?;
-        let found = match parse::ulong_output(find?)? {
-            UlongOutput::Data(v) => v,
-            UlongOutput::Size(_) => Vec::new(),
-        };
+        let found = found_handles(first?)?;
+        let more = found_handles(second?)?;
         parse::unit(fin?)?;
-        Ok(found)
+        if more.is_empty() {
+            return Ok(found);
+        }
+        self.find_objects_init(session, template)?;
+        let all = (|| {
+            let mut all = Vec::new();
+            loop {
+                let batch = self.find_objects(session, max)?;
+                if batch.is_empty() {
+                    return Ok(all);
+                }
+                all.extend(batch);
+                if all.len() > MAX_FOUND {
+                    return Err(Error::Protocol(ProtocolError::BadValue(
+                        "C_FindObjects never ends",
+                    )));
+                }
+            }
+        })();
+        let fin = self.find_objects_final(session);
+        let all = all?;
+        fin?;
+        Ok(all)
     }
     /// `C_EncryptInit`
     pub fn encrypt_init(&self, session: u64, mech: Option<Mechanism>, key: u64) -> Result<()> {

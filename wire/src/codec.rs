@@ -115,9 +115,19 @@ impl<'a> Reader<'a> {
 }
 
 /// A growing message body.
+///
+/// Bodies carry PINs and secrets: the buffer grows by copying into a larger one and wiping the
+/// old one (never by `realloc`, which can leave a copy in freed memory), and a writer dropped
+/// before [`Writer::into_inner`] (an encoding error half-way) wipes what it holds.
 #[derive(Debug, Default, Clone)]
 pub struct Writer {
     buf: Vec<u8>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf);
+    }
 }
 
 impl Writer {
@@ -134,8 +144,8 @@ impl Writer {
     }
 
     /// The bytes written.
-    pub fn into_inner(self) -> Vec<u8> {
-        self.buf
+    pub fn into_inner(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 
     /// The bytes written so far.
@@ -143,24 +153,38 @@ impl Writer {
         &self.buf
     }
 
+    /// Make room for `extra` more bytes without leaving the old contents behind.
+    fn reserve(&mut self, extra: usize) {
+        if self.buf.capacity() - self.buf.len() >= extra {
+            return;
+        }
+        let need = self.buf.len().saturating_add(extra);
+        let mut bigger =
+            Vec::with_capacity(need.max(self.buf.capacity().saturating_mul(2)).max(64));
+        bigger.extend_from_slice(&self.buf);
+        zeroize::Zeroize::zeroize(&mut self.buf);
+        self.buf = bigger;
+    }
+
     /// Append raw bytes.
     pub fn bytes(&mut self, b: &[u8]) {
+        self.reserve(b.len());
         self.buf.extend_from_slice(b);
     }
 
     /// A `u8`.
     pub fn u8(&mut self, v: u8) {
-        self.buf.push(v);
+        self.bytes(&[v]);
     }
 
     /// A big-endian `u32`.
     pub fn u32(&mut self, v: u32) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.bytes(&v.to_be_bytes());
     }
 
     /// A big-endian `u64`.
     pub fn u64(&mut self, v: u64) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
+        self.bytes(&v.to_be_bytes());
     }
 
     /// A byte array, `None` as the NULL marker. Fails for arrays of `0x7fffffff` bytes or more.
@@ -210,6 +234,18 @@ mod tests {
         assert_eq!(r.byte_array("d").unwrap(), Some(&b"abc"[..]));
         assert_eq!(r.byte_array("e").unwrap(), None);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn growing_keeps_every_byte() {
+        let mut w = Writer::with_capacity(1);
+        let data: Vec<u8> = (0..=255).cycle().take(5000).collect();
+        for chunk in data.chunks(7) {
+            w.bytes(chunk);
+        }
+        w.u8(1);
+        assert_eq!(&w.as_slice()[..5000], &data[..]);
+        assert_eq!(w.into_inner().len(), 5001);
     }
 
     #[test]

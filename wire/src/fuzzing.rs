@@ -21,13 +21,18 @@ pub fn server_input(data: &[u8]) {
 }
 
 /// Feed bytes to the client side: reply bodies for every call, in every dialect.
+///
+/// Input: one byte that picks the call, the mechanism type of the request as a big-endian `u32`
+/// (what a `C_DeriveKey2` reply's parameter update is decoded by), then the reply body. The
+/// call and the mechanism are separate bytes, so every update codec is reachable.
 pub fn client_input(data: &[u8]) {
-    let Some((&selector, body)) = data.split_first() else {
+    let [selector, m0, m1, m2, m3, body @ ..] = data else {
         return;
     };
-    let call = CallId::ALL[usize::from(selector) % CallId::ALL.len()];
+    let call = CallId::ALL[usize::from(*selector) % CallId::ALL.len()];
+    let mech = u64::from(u32::from_be_bytes([*m0, *m1, *m2, *m3]));
     for d in [Dialect::V0, Dialect::V1, Dialect::V2] {
-        let _ = Reply::decode(body, call, d, Some(u64::from(selector)));
+        let _ = Reply::decode(body, call, d, Some(mech));
     }
     let mut buf = data;
     while let Ok(Some((_, n))) = frame::parse(buf, Limits::DEFAULT) {

@@ -13,7 +13,7 @@
 //! - [`message`]: request and reply bodies checked against the signature table of [`CallId`].
 //! - [`frame`]: the 12-byte frame header, sans-IO, with caps on every length.
 //! - [`transport`]: a blocking transport for host processes (no threads, no runtime,
-//!   `MSG_NOSIGNAL`, timeouts, multiplexed by request code) and a tokio one for the forwarder.
+//!   `MSG_NOSIGNAL`, hard deadlines, multiplexed by request code).
 //! - [`client`]: a typed client with one method per PKCS#11 function.
 //!
 //! This crate has no `unsafe` code and never panics on peer input: every length a peer sends is

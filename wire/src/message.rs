@@ -8,6 +8,10 @@ use crate::value::{Arg, ArgContext, AttrBufferLayout, Code, codes};
 use crate::{CallId, Rv, consts};
 
 /// A request: the call and its arguments in signature order.
+///
+/// Its byte arrays, attribute values and raw mechanism parameters are wiped when it is
+/// dropped: requests carry PINs (`C_Login`, `C_InitPIN`, `C_SetPIN`, `C_InitToken`), data to
+/// encrypt or sign, and secret-key values (`C_CreateObject`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     /// The call.
@@ -148,6 +152,12 @@ fn decode_args(
     }
     // Trailing bytes are ignored, as stock does (rpc §2.4).
     Ok(args)
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        crate::value::wipe_args(&mut self.args);
+    }
 }
 
 impl Request {

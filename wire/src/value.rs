@@ -1089,6 +1089,34 @@ pub enum Arg {
     MechUpdate(MechUpdate),
 }
 
+/// Zero every byte array, attribute value and raw mechanism parameter of `args` in place
+/// (a request's secrets, before its memory is freed).
+pub(crate) fn wipe_args(args: &mut [Arg]) {
+    use zeroize::Zeroize;
+    fn attributes(attrs: &mut [Attribute]) {
+        for a in attrs {
+            if let AttrValue::Present { value, .. } = &mut a.value {
+                match value {
+                    Value::Bytes(Some(b)) => b.zeroize(),
+                    Value::Template(t) => attributes(t),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for arg in args {
+        match arg {
+            Arg::ByteArray(ByteArray::Data(d)) | Arg::Space(d) | Arg::Zstr(d) => d.zeroize(),
+            Arg::Attributes(attrs) => attributes(attrs),
+            Arg::Mechanism(Some(Mechanism {
+                param: MechParam::Raw(raw),
+                ..
+            })) => raw.zeroize(),
+            _ => {}
+        }
+    }
+}
+
 /// `fy` capacity meaning "a non-NULL buffer of length 0" (0.25.0+).
 pub const ZERO_LENGTH_BUFFER: u32 = 0xFFFF_FFFF;
 
@@ -1269,6 +1297,58 @@ impl Arg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wiping_request_arguments_zeroes_every_secret_byte() {
+        let mut args = vec![
+            Arg::Ulong(7),
+            Arg::ByteArray(ByteArray::Data(b"123456".to_vec())),
+            Arg::Attributes(vec![
+                Attribute::bytes(CKA_VALUE, b"secret key"),
+                Attribute {
+                    ty: CKA_WRAP_TEMPLATE,
+                    value: AttrValue::Present {
+                        len: 24,
+                        value: Value::Template(vec![Attribute::bytes(CKA_VALUE, b"inner")]),
+                    },
+                },
+            ]),
+            Arg::Mechanism(Some(Mechanism {
+                ty: CKM_AES_CBC,
+                param: MechParam::Raw(vec![9; 16]),
+            })),
+        ];
+        wipe_args(&mut args);
+        // `Vec::zeroize` zeroes the whole allocation, then empties the vector.
+        fn zero(v: &[u8]) -> bool {
+            v.is_empty()
+        }
+        let Arg::ByteArray(ByteArray::Data(pin)) = &args[1] else {
+            panic!()
+        };
+        assert!(zero(pin));
+        let Arg::Attributes(attrs) = &args[2] else {
+            panic!()
+        };
+        let value = |a: &Attribute| match &a.value {
+            AttrValue::Present { value, .. } => value.clone(),
+            AttrValue::Unavailable => panic!(),
+        };
+        assert_eq!(value(&attrs[0]), Value::Bytes(Some(vec![])));
+        let Value::Template(inner) = value(&attrs[1]) else {
+            panic!()
+        };
+        assert_eq!(value(&inner[0]), Value::Bytes(Some(vec![])));
+        let Arg::Mechanism(Some(Mechanism {
+            param: MechParam::Raw(raw),
+            ..
+        })) = &args[3]
+        else {
+            panic!()
+        };
+        assert!(zero(raw));
+        assert_eq!(args[0], Arg::Ulong(7));
+    }
 
     fn enc_mech(m: Option<&Mechanism>, d: Dialect) -> Result<String, Error> {
         let mut w = Writer::new();

@@ -219,3 +219,138 @@ fn a_version_answer_above_the_offer_is_clamped() {
     let conn = Connection::connect(&path, opts(5000)).unwrap();
     assert_eq!(conn.dialect(), Dialect::V2);
 }
+
+/// The deadline is for the whole call, not for each `recv`: a server that trickles its reply
+/// one byte every 100 ms (10 s for this reply) does not stretch a 1 s call.
+#[test]
+fn a_trickled_reply_times_out_at_the_call_deadline() {
+    let (_d, path) = serve(2, |mut s| {
+        let (code, _) = read_frame(&mut s).unwrap();
+        let body = Reply::Ok {
+            call: CallId::GetSlotList,
+            args: vec![Arg::UlongArray(UlongArray::Data(vec![7; 10]))],
+        }
+        .encode(Dialect::V2, None)
+        .unwrap();
+        let frame = frame::encode(code, &[], &body);
+        assert!(frame.len() >= 100, "{} bytes", frame.len());
+        for b in frame {
+            if s.write_all(&[b]).is_err() {
+                return; // the client gave up and closed: what we want
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let client = Client::connect(&path, opts(1000)).unwrap();
+    let err = client
+        .get_slot_list(true, p11fwd_wire::client::OutCap::Buffer(16))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(client.connection().is_broken());
+    assert!(client.get_info().is_err());
+}
+
+/// A listener that accepts connections and reads nothing until the test ends (`hold` dropped).
+fn mute_server() -> (tempfile::TempDir, PathBuf, std::sync::mpsc::Sender<()>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (hold, released) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for s in listener.incoming() {
+            conns.push(s);
+            if conns.len() == 2 {
+                break;
+            }
+        }
+        let _ = released.recv();
+    });
+    (dir, path, hold)
+}
+
+#[test]
+fn a_server_that_never_answers_the_version_byte_times_out() {
+    let (_d, path, _hold) = mute_server();
+    let err = Connection::connect(&path, opts(500)).unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    let err = Connection::connect_with(&path, opts(500), &[req::get_info()]).unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+}
+
+#[test]
+fn a_server_that_stops_reading_times_out_the_write() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (_d, path) = serve(2, move |s| {
+        let _ = rx.recv(); // read nothing until the test is over
+        drop(s);
+    });
+    let client = Client::connect(&path, opts(500)).unwrap();
+    // Far more than the socket buffers hold.
+    let big = vec![0u8; 8 << 20];
+    let err = client.seed_random(1, &big).unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(client.connection().is_broken());
+    drop(tx);
+}
+
+/// A server that does not accept (stopped, or overloaded: its listen backlog is full) would
+/// block `connect(2)` for ever.
+#[test]
+fn connecting_to_a_server_that_does_not_accept_times_out() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let addr = SocketAddrUnix::new(&path).unwrap();
+    let unix_socket = |flags| {
+        rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None).unwrap()
+    };
+    let listener = unix_socket(SocketFlags::CLOEXEC);
+    rustix::net::bind(&listener, &addr).unwrap();
+    rustix::net::listen(&listener, 0).unwrap();
+    // Fill the backlog with connections nobody accepts, until the kernel says it is full.
+    let mut fillers = Vec::new();
+    loop {
+        let s = unix_socket(SocketFlags::CLOEXEC | SocketFlags::NONBLOCK);
+        match rustix::net::connect(&s, &addr) {
+            Ok(()) => fillers.push(s),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("filling the backlog: {e}"),
+        }
+        assert!(fillers.len() < 64, "the backlog never filled");
+    }
+    let err = Connection::connect(&path, opts(300)).unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    drop(listener);
+}
+
+/// A module may return fewer handles than asked for before the search ends: `find_all` goes on
+/// until a `C_FindObjects` comes back empty (here one handle per call, 5 in all).
+#[test]
+fn find_all_goes_on_until_the_module_returns_no_handle() {
+    let (_d, path) = serve(2, |mut s| {
+        let mut frames = Frames::default();
+        let mut next = 1;
+        while let Some((code, r)) = frames.next(&mut s) {
+            let args = match r.call {
+                CallId::FindObjectsInit => {
+                    next = 1;
+                    vec![]
+                }
+                CallId::FindObjects if next <= 5 => {
+                    next += 1;
+                    vec![Arg::UlongArray(UlongArray::Data(vec![next - 1]))]
+                }
+                CallId::FindObjects => vec![Arg::UlongArray(UlongArray::Data(vec![]))],
+                CallId::FindObjectsFinal => vec![],
+                other => panic!("unexpected {other}"),
+            };
+            reply(&mut s, code, r.call, args);
+        }
+    });
+    let client = Client::connect(&path, opts(5000)).unwrap();
+    assert_eq!(
+        client.find_all(1, vec![], 4096).unwrap(),
+        vec![1, 2, 3, 4, 5]
+    );
+}

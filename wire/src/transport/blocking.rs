@@ -7,19 +7,23 @@
 //!   replies may arrive in any order and several requests are in flight at once.
 //! - Writes use `MSG_NOSIGNAL`: a dead server is an error, never a SIGPIPE that kills the host
 //!   (stock p11-kit-client.so dies with status 141, rpc §8).
-//! - Every call has a deadline; a timeout or any transport error marks the connection broken,
-//!   and every later call fails fast with the same error class until the owner reconnects.
+//! - Every call has a hard deadline: each `send`/`recv` waits in `poll` for at most the time
+//!   left, so a server that trickles bytes or stops reading cannot stretch a call; connecting
+//!   is bounded too. A timeout or any transport error marks the connection broken, and every
+//!   later call fails fast with the same error class until the owner reconnects.
 //! - A reply whose code nobody waits for is kept (bounded), not waited on forever (rpc §2.3).
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rustix::net::SendFlags;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags};
 use zeroize::Zeroizing;
 
 use crate::dialect::{Dialect, MAX_VERSION};
@@ -37,7 +41,8 @@ const MAX_UNCLAIMED: usize = 1024;
 /// How to connect.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Deadline for connecting, for the version exchange, and for each call's reply.
+    /// Deadline for connecting and exchanging the version byte (together), and for each call
+    /// from the first byte sent to the last byte of its reply.
     pub timeout: Duration,
     /// The version we offer (2 unless testing).
     pub offer: u8,
@@ -153,22 +158,14 @@ impl Inbox {
         }
     }
 
-    /// Append up to `want` bytes (at least one `READ_CHUNK`) from `stream`.
-    fn fill(&mut self, stream: &UnixStream, want: usize) -> Result<()> {
+    /// Append up to `want` bytes (at least one `READ_CHUNK`) from `stream`, waiting until
+    /// `deadline` at the most.
+    fn fill(&mut self, stream: &UnixStream, want: usize, deadline: Instant) -> Result<()> {
         let old = self.data.len();
         self.data.resize(old + want.max(READ_CHUNK), 0);
-        let got = loop {
-            match (&*stream).read(&mut self.data[old..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.data.truncate(old);
-                    return Err(io_error(e));
-                }
-            }
-        };
-        self.data.truncate(old + got);
-        if got == 0 {
+        let got = recv_some(stream, &mut self.data[old..], deadline);
+        self.data.truncate(old + *got.as_ref().unwrap_or(&0));
+        if got? == 0 {
             return Err(Error::Closed);
         }
         Ok(())
@@ -191,32 +188,97 @@ fn io_error(e: io::Error) -> Error {
     }
 }
 
-/// Write all of `buf` with `MSG_NOSIGNAL`.
-fn send_all(stream: &UnixStream, mut buf: &[u8]) -> Result<()> {
+/// The time left until `deadline`, or [`Error::Timeout`] if none is.
+fn time_left(deadline: Instant) -> Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or(Error::Timeout)
+}
+
+/// Wait until `stream` is ready for `events`, or fail with [`Error::Timeout`] at `deadline`.
+/// Error and hang-up conditions count as ready: the `recv`/`send` that follows reports them.
+fn wait_ready(stream: &UnixStream, events: PollFlags, deadline: Instant) -> Result<()> {
+    loop {
+        let left = time_left(deadline)?;
+        // Round up: poll's timeout is in milliseconds, and waking early only loops once more.
+        let ts = Timespec::try_from(left + Duration::from_micros(999)).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        let mut fds = [PollFd::new(stream, events)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) | Err(Errno::INTR) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(io_error(e.into())),
+        }
+    }
+}
+
+/// One `recv` of up to `buf.len()` bytes (0 at EOF), waiting until `deadline` at the most.
+fn recv_some(stream: &UnixStream, buf: &mut [u8], deadline: Instant) -> Result<usize> {
+    loop {
+        wait_ready(stream, PollFlags::IN, deadline)?;
+        match rustix::net::recv(stream, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return Ok(n),
+            Err(Errno::INTR | Errno::AGAIN) => {}
+            Err(e) => return Err(io_error(e.into())),
+        }
+    }
+}
+
+/// Write all of `buf` with `MSG_NOSIGNAL`, by `deadline`.
+fn send_all(stream: &UnixStream, mut buf: &[u8], deadline: Instant) -> Result<()> {
     while !buf.is_empty() {
-        match rustix::net::send(stream, buf, SendFlags::NOSIGNAL) {
+        wait_ready(stream, PollFlags::OUT, deadline)?;
+        match rustix::net::send(stream, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
             Ok(0) => return Err(Error::Closed),
             Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
+            Err(Errno::INTR | Errno::AGAIN) => {}
             Err(e) => return Err(io_error(e.into())),
         }
     }
     Ok(())
 }
 
-/// Exchange the version byte on a fresh stream: offer `offer`, return the server's answer.
-fn exchange_version(stream: &UnixStream, offer: u8) -> Result<u8> {
-    send_all(stream, &[offer])?;
+/// Read the server's version byte, by `deadline`.
+fn read_version(stream: &UnixStream, deadline: Instant) -> Result<u8> {
     let mut b = [0u8; 1];
-    (&*stream).read_exact(&mut b).map_err(io_error)?;
-    Ok(b[0])
+    match recv_some(stream, &mut b, deadline)? {
+        0 => Err(Error::Closed),
+        _ => Ok(b[0]),
+    }
 }
 
-fn open(path: &Path, timeout: Duration) -> Result<UnixStream> {
-    let stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    Ok(stream)
+/// Exchange the version byte on a fresh stream: offer `offer`, return the server's answer.
+fn exchange_version(stream: &UnixStream, offer: u8, deadline: Instant) -> Result<u8> {
+    send_all(stream, &[offer], deadline)?;
+    read_version(stream, deadline)
+}
+
+/// Connect to `path` by `deadline`. A server that does not accept (its backlog is full: it is
+/// stopped or overloaded) would block `connect` for ever; `SO_SNDTIMEO` bounds that wait
+/// (Linux `unix_stream_connect`), and the kernel then answers `EAGAIN`.
+fn open(path: &Path, deadline: Instant) -> Result<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType, sockopt};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
+    let addr = SocketAddrUnix::new(path).map_err(io::Error::from)?;
+    loop {
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(time_left(deadline)?))
+            .map_err(io::Error::from)?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => break,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(io_error(e.into())),
+        }
+    }
+    Ok(UnixStream::from(fd))
 }
 
 impl Connection {
@@ -224,14 +286,15 @@ impl Connection {
     /// `opts.offer`; if the server closes the connection (p11-kit 0.23, go-p11-kit), reconnect
     /// and offer 0, as stock clients do (rpc §2.2).
     pub fn connect(path: &Path, opts: Options) -> Result<Self> {
-        let stream = open(path, opts.timeout)?;
-        match exchange_version(&stream, opts.offer) {
+        let deadline = Instant::now() + opts.timeout;
+        let stream = open(path, deadline)?;
+        match exchange_version(&stream, opts.offer, deadline) {
             Ok(v) => Ok(Self::with_version(stream, v.min(opts.offer), opts)),
             Err(e @ (Error::Closed | Error::Io(_))) if opts.offer > 0 => {
                 tracing::debug!(cause = %e, "version exchange failed; retrying with version 0");
-                let stream = open(path, opts.timeout)?;
+                let stream = open(path, deadline)?;
                 // Whatever a server answers to 0, version 0 it is.
-                exchange_version(&stream, 0)?;
+                exchange_version(&stream, 0, deadline)?;
                 Ok(Self::with_version(stream, 0, opts))
             }
             Err(e) => Err(e),
@@ -255,7 +318,8 @@ impl Connection {
         let mut bodies = Vec::with_capacity(first.len());
         for req in first {
             let body = Zeroizing::new(req.encode(Dialect::V0)?);
-            if *body != req.encode(Dialect::V1)? || *body != req.encode(Dialect::V2)? {
+            let same = |d| req.encode(d).map(|b| Zeroizing::new(b) == body);
+            if !same(Dialect::V1)? || !same(Dialect::V2)? {
                 return Err(Error::Invalid(
                     "this request depends on the protocol version",
                 ));
@@ -266,12 +330,12 @@ impl Connection {
         for (i, body) in bodies.iter().enumerate() {
             wire.extend_from_slice(&frame::encode(FIRST_CODE + i as u32, &opts.options, body));
         }
+        let deadline = Instant::now() + opts.timeout;
         let send_offer = |wire: &[u8]| -> Result<(UnixStream, u8)> {
-            let stream = open(path, opts.timeout)?;
-            send_all(&stream, wire)?;
-            let mut b = [0u8; 1];
-            (&stream).read_exact(&mut b).map_err(io_error)?;
-            Ok((stream, b[0]))
+            let stream = open(path, deadline)?;
+            send_all(&stream, wire, deadline)?;
+            let v = read_version(&stream, deadline)?;
+            Ok((stream, v))
         };
         let (stream, version) = match send_offer(&wire) {
             Ok((stream, v)) => (stream, v.min(opts.offer)),
@@ -286,7 +350,6 @@ impl Connection {
         let conn = Self::with_version(stream, version, opts);
         conn.next_code
             .store(FIRST_CODE + first.len() as u32, Ordering::Relaxed);
-        let deadline = Instant::now() + conn.opts.timeout;
         let replies = first
             .iter()
             .enumerate()
@@ -301,9 +364,8 @@ impl Connection {
     /// Use an already connected stream (e.g. one end of a socketpair); negotiates the version
     /// without the reconnect fallback.
     pub fn from_stream(stream: UnixStream, opts: Options) -> Result<Self> {
-        stream.set_read_timeout(Some(opts.timeout))?;
-        stream.set_write_timeout(Some(opts.timeout))?;
-        let v = exchange_version(&stream, opts.offer)?;
+        let deadline = Instant::now() + opts.timeout;
+        let v = exchange_version(&stream, opts.offer, deadline)?;
         Ok(Self::with_version(stream, v.min(opts.offer), opts))
     }
 
@@ -359,7 +421,7 @@ impl Connection {
     }
 
     /// Read one frame from the socket (called by the thread that holds the reader role).
-    fn read_frame(&self) -> Result<(u32, Zeroizing<Vec<u8>>)> {
+    fn read_frame(&self, deadline: Instant) -> Result<(u32, Zeroizing<Vec<u8>>)> {
         let mut inbox = lock(&self.inbox);
         loop {
             let pending = inbox.pending();
@@ -380,7 +442,7 @@ impl Connection {
                     total - pending.len()
                 }
             };
-            inbox.fill(&self.stream, want)?;
+            inbox.fill(&self.stream, want, deadline)?;
         }
     }
 
@@ -409,7 +471,7 @@ impl Connection {
             }
             st.reading = true;
             drop(st);
-            let got = self.read_frame();
+            let got = self.read_frame(deadline);
             st = lock(&self.read);
             st.reading = false;
             match got {
@@ -452,10 +514,10 @@ impl Connection {
         req.encode(self.dialect).map(Zeroizing::new)
     }
 
-    fn send(&self, frames: &[u8]) -> Result<()> {
+    fn send(&self, frames: &[u8], deadline: Instant) -> Result<()> {
         let _w = lock(&self.write);
         self.check_usable()?;
-        send_all(&self.stream, frames).inspect_err(|e| {
+        send_all(&self.stream, frames, deadline).inspect_err(|e| {
             let mut st = lock(&self.read);
             self.mark_broken(&mut st, Broken::of(e));
         })
@@ -481,11 +543,10 @@ impl Connection {
         let body = Zeroizing::new(self.encode(req)?);
         let code = self.next_code();
         let deadline = Instant::now() + self.opts.timeout;
-        self.send(&Zeroizing::new(frame::encode(
-            code,
-            &self.opts.options,
-            &body,
-        )))?;
+        self.send(
+            &Zeroizing::new(frame::encode(code, &self.opts.options, &body)),
+            deadline,
+        )?;
         let reply = self.await_reply(code, deadline)?;
         self.finish(req, &reply)
     }
@@ -531,7 +592,7 @@ impl Connection {
         }
         drop(bodies);
         let deadline = Instant::now() + self.opts.timeout;
-        if let Err(e) = self.send(&wire) {
+        if let Err(e) = self.send(&wire, deadline) {
             let b = Broken::of(&e);
             return reqs.iter().map(|_| Err(b.error())).collect();
         }

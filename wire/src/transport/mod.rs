@@ -1,4 +1,3 @@
-//! Transports: blocking (for host processes) and tokio (for the forwarder).
+//! The blocking transport (for host processes). There is no async one: the forwarder frames
+//! its connections itself (`docs/design.md` §2.3).
 pub mod blocking;
-#[cfg(feature = "tokio")]
-pub mod tokio;
