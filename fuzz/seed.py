@@ -73,6 +73,22 @@ for path in sorted(glob.glob(os.path.join(vectors, "*", "*.jsonl"))):
             save(os.path.join(root, "corpus", "client_input"),
                  bytes([call]) + struct.pack(">I", mech) + body)
 
+# No capture has a C_DeriveKey2 reply whose parameter update has a serializer (only the IBM
+# BTC and Kyber mechanisms have one, and SoftHSM has neither): hand-made replies, so that the
+# fuzzer starts inside those codecs. Body: call 89, signature "uPu", CK_RV 0, P, key handle.
+def derive2_reply(mech, update):
+    body = struct.pack(">II", 89, 3) + b"uPu" + struct.pack(">Q", 0) + update + struct.pack(">Q", 5)
+    return bytes([89]) + struct.pack(">I", mech) + body
+
+CKM_IBM_BTC_DERIVE, CKM_IBM_KYBER = 0x80070001, 0x80010024
+for mech, update in [
+    (CKM_IBM_BTC_DERIVE, b"\x01\x01" + struct.pack(">I", 4) + b"code"),  # chain code
+    (CKM_IBM_BTC_DERIVE, b"\x01\x00" + struct.pack(">I", 32)),  # its length only
+    (CKM_IBM_KYBER, b"\x01\x01\x01" + struct.pack(">I", 3) + b"ct!"),  # encapsulate, cipher
+    (CKM_IBM_KYBER, b"\x01\x00"),  # decapsulate: mode only
+]:
+    save(os.path.join(root, "corpus", "client_input"), derive2_reply(mech, update))
+
 missing = sorted(set(range(1, 90)) - ids)
 print(f"call ids in the seeds: {len(ids)}; missing: {missing or 'none'}")
 for d in ("server_input", "client_input"):
