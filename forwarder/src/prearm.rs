@@ -33,7 +33,7 @@ use crate::module::{InitKind, Module, NativeMechanism, OutTemplate, RawParams};
 use crate::state::TokenKey;
 
 /// Spare sessions per (token, key, mechanism) by default.
-pub const DEFAULT_PER_KEY: u8 = 2;
+pub const DEFAULT_PER_KEY: u8 = 4;
 /// (token, key, mechanism) combinations armed at once; the least recently used goes first.
 const MAX_KEYS: usize = 16;
 /// Tokens that allow fewer sessions than this get no spares (their sessions are the clients').
@@ -483,8 +483,13 @@ impl Prearm {
             let mods = modules.to_vec();
             match std::thread::Builder::new()
                 .name("p11fwd-prearm".into())
-                .spawn(move || core.run(&mods, &rx))
-            {
+                .spawn(move || {
+                    // Spares are armed with spare CPU time: at the lowest priority (Linux nice
+                    // is per thread), the thread that signs, and the client, always go first.
+                    // A machine without idle time then simply has fewer spares ready.
+                    let _ = rustix::process::setpriority_process(None, 19);
+                    core.run(&mods, &rx)
+                }) {
                 Ok(t) => *armer = Some((tx, t)),
                 Err(e) => {
                     debug!(cause = %e, "cannot start the arming thread");
