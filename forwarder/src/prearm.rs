@@ -2,13 +2,14 @@
 //! mechanism that clients keep signing with, so that a client's `C_SignInit` + `C_Sign` waits
 //! only for the signature.
 //!
-//! Many modules do most of a signature's work in `C_SignInit` (SoftHSM decrypts and parses the
-//! private key there: 96 µs of an ECDSA P-256 signature's 149 µs). Once a client signed with a
-//! (token, key, mechanism), we keep up to [`Prearm::per_key`] spare sessions of the module
-//! initialised for it. A client's `C_SignInit` that finds an idle spare is answered without
-//! calling the module and the client session is *bound* to the spare: its `C_Sign` runs there,
-//! and the spare is initialised again by the arming thread (`p11fwd-prearm`) while the client
-//! is busy with the reply. The client cannot tell: a spare was initialised with the same key
+//! Many modules do much of a signature's work in `C_SignInit` (SoftHSM reads, decrypts and
+//! parses the private key there: 96 µs of an ECDSA P-256 signature's 149 µs in one of our
+//! benchmark runs). Once a client signed with a (token, key, mechanism), we keep up to
+//! `--sign-ahead N` spare sessions of the module initialised for it. A client's `C_SignInit`
+//! that finds an idle spare is answered without calling the module and the client session is
+//! *bound* to the spare: its `C_Sign` runs there, and the spare is initialised again by the
+//! arming thread (`p11fwd-prearm`, at the lowest priority) while the client is busy with the
+//! reply. The client cannot tell: a spare was initialised with the same key
 //! and mechanism, so the module accepted that `C_SignInit`; any other call on a bound session
 //! first moves the operation back to the client's own session (`C_SignInit` there, which the
 //! module accepted on the spare) and returns the spare, still clean, to its pool.
