@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use p11fwd_tests::artifacts::workspace_root;
 use p11fwd_tests::{ForwarderServerBuilder, TestToken, require_tool, run_ok};
 use tempfile::TempDir;
 
@@ -33,6 +34,9 @@ impl FakeModule {
                 .args(["-Wall", "-shared", "-fPIC", "-o"])
                 .arg(&module)
                 .arg(source)
+                // fake-softhsm.h, shared with the provider's token shim.
+                .arg("-I")
+                .arg(workspace_root().join("tests/tests/fixtures"))
                 .arg("-ldl"),
         );
         std::fs::create_dir(dir.path().join("files")).unwrap();

@@ -105,9 +105,9 @@ impl Env {
             log: dir.join("shim-logins.log"),
         };
         shim.set_flags(flags);
-        let source = dir.join("token-shim.c");
+        // Built in place: it includes fake-softhsm.h from the same directory.
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/token-shim.c");
         let module = dir.join("libtoken-shim.so");
-        std::fs::write(&source, include_str!("../fixtures/token-shim.c")).unwrap();
         let out = run(Command::new(require_tool("cc")).args([
             "-shared",
             "-fPIC",
@@ -126,7 +126,7 @@ impl Env {
             token,
             &module,
             &[
-                ("TOKEN_SHIM_REAL", softhsm.as_os_str()),
+                ("P11FWD_FAKE_REAL", softhsm.as_os_str()),
                 ("TOKEN_SHIM_FLAGS", shim.flags.as_os_str()),
                 ("TOKEN_SHIM_LOG", shim.log.as_os_str()),
                 ("TOKEN_SHIM_PIN", OsStr::new(pin)),
