@@ -78,6 +78,8 @@ pub(crate) struct Link {
 pub(crate) struct Token {
     pub(crate) slot: u64,
     pub(crate) info: TokenInfo,
+    /// [`Token::identity`], made once (every operation looks its token up by it).
+    identity: String,
     pub(crate) mechanisms: Vec<u64>,
     state: Mutex<TokenState>,
 }
@@ -413,6 +415,7 @@ impl Backend {
                 );
                 tokens.push(Arc::new(Token {
                     slot,
+                    identity: Token::identity_of(&info),
                     info,
                     mechanisms,
                     state: Mutex::new(state),
@@ -508,25 +511,29 @@ impl Backend {
 
     /// A PIN that worked for `token` before (configured or cached).
     pub(crate) fn remembered_pin(&self, token: &Token) -> Option<Zeroizing<String>> {
-        lock(&self.good_pins).get(&token.identity()).cloned()
+        lock(&self.good_pins).get(token.identity()).cloned()
     }
 
     /// Remembers a PIN that worked, for later logins on new connections.
     pub(crate) fn remember_pin(&self, token: &Token, pin: &Zeroizing<String>) {
-        lock(&self.good_pins).insert(token.identity(), pin.clone());
+        lock(&self.good_pins).insert(token.identity().to_owned(), pin.clone());
     }
 }
 
 impl Token {
     /// Label, manufacturer, model and serial: what identifies the token across connections.
-    pub(crate) fn identity(&self) -> String {
+    pub(crate) fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn identity_of(info: &TokenInfo) -> String {
         use p11fwd_wire::info::unpad;
         format!(
             "{}\u{0}{}\u{0}{}\u{0}{}",
-            unpad(&self.info.label),
-            unpad(&self.info.manufacturer_id),
-            unpad(&self.info.model),
-            unpad(&self.info.serial_number)
+            unpad(&info.label),
+            unpad(&info.manufacturer_id),
+            unpad(&info.model),
+            unpad(&info.serial_number)
         )
     }
 
@@ -592,7 +599,7 @@ impl Token {
     ) -> Result<(), Error> {
         self.check_pin_state(from)?;
         if let Some(pin) = pin
-            && lock(rejected_pins()).contains(&pin_digest(&self.identity(), pin))
+            && lock(rejected_pins()).contains(&pin_digest(self.identity(), pin))
         {
             return Err(Error::PinIncorrect);
         }
@@ -648,7 +655,7 @@ impl Token {
             }
             Err(p11fwd_wire::Error::Rv { rv, .. }) if rv.0 == CKR_PIN_INCORRECT => {
                 if let Some(pin) = pin {
-                    let digest = pin_digest(&self.identity(), pin);
+                    let digest = pin_digest(self.identity(), pin);
                     let mut rejected = lock(rejected_pins());
                     if !rejected.contains(&digest) {
                         rejected.push(digest);

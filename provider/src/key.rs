@@ -382,7 +382,7 @@ impl Key {
             public,
             private: want_private.then(|| ObjectRef::new(main, link.epoch)),
             public_object: parts.public.map(|o| ObjectRef::new(o, link.epoch)),
-            token_identity: token.identity(),
+            token_identity: token.identity().to_owned(),
             token_label: token.label(),
             always_authenticate,
             allowed_mechanisms: allowed,
@@ -426,7 +426,7 @@ impl Key {
                     "the public key algorithm of this certificate",
                 ))?;
         let mut key = Self::detached(Arc::clone(provctx), kind, public);
-        key.token_identity = token.identity();
+        key.token_identity = token.identity().to_owned();
         key.token_label = token.label();
         key.mechanisms = token.mechanisms.clone();
         key.uri = object_uri(token, cert, ObjectClass::PublicKey)?;
