@@ -105,6 +105,9 @@ struct ReadState {
     /// Replies read by another thread, by code.
     arrived: HashMap<u32, Zeroizing<Vec<u8>>>,
     broken: Option<Broken>,
+    /// Threads waiting on `ready` (std's condition variable makes a system call on every
+    /// notification, waiters or not: with one thread, two per pipelined signature).
+    waiting: usize,
 }
 
 /// A connection to a p11-kit RPC server.
@@ -448,7 +451,14 @@ impl Connection {
             // sees us go.
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
         }
-        self.ready.notify_all();
+        self.wake_all(st);
+    }
+
+    /// Wake the threads waiting for their reply (`st` is the locked read state).
+    fn wake_all(&self, st: &ReadState) {
+        if st.waiting > 0 {
+            self.ready.notify_all();
+        }
     }
 
     /// Read one frame from the socket (called by the thread that holds the reader role).
@@ -493,11 +503,13 @@ impl Connection {
                 return Err(Error::Timeout);
             }
             if st.reading {
+                st.waiting += 1;
                 st = self
                     .ready
                     .wait_timeout(st, deadline - now)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
+                st.waiting -= 1;
                 continue;
             }
             st.reading = true;
@@ -507,7 +519,8 @@ impl Connection {
             st.reading = false;
             match got {
                 Ok((c, body)) if c == code => {
-                    self.ready.notify_all();
+                    // Another thread takes over reading.
+                    self.wake_all(&st);
                     return Ok(body);
                 }
                 Ok((c, body)) => {
@@ -517,7 +530,7 @@ impl Connection {
                         return Err(Broken::Protocol.error());
                     }
                     st.arrived.insert(c, body);
-                    self.ready.notify_all();
+                    self.wake_all(&st);
                 }
                 Err(e) => {
                     self.mark_broken(&mut st, Broken::of(&e));
