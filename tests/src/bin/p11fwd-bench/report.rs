@@ -109,6 +109,9 @@ pub(crate) struct Report {
     pub(crate) targets: Vec<Target>,
     /// p50 of a bare request/reply between two processes over a Unix socket, per 0 ms run.
     pub(crate) floor_p50_ms: Vec<f64>,
+    /// Every 0 ms repetition (`ops` holds the median ones): the no-delay targets show each
+    /// repetition's ratio too.
+    pub(crate) reps0: Vec<Vec<OpRun>>,
 }
 
 /// A stack's description for tables.
@@ -156,6 +159,31 @@ impl Report {
     }
 
     /// The single-thread run of `stack`/`workload` at `delay`.
+    /// The ratio `f(ours, direct)` in each 0 ms repetition, for `workload` on one thread.
+    pub(crate) fn per_rep(
+        &self,
+        ours: &str,
+        direct: &str,
+        workload: &str,
+        f: impl Fn(&OpRun, &OpRun) -> f64,
+    ) -> Vec<f64> {
+        let one = |rep: &[OpRun], stack: &str| {
+            rep.iter()
+                .find(|r| {
+                    r.stack == stack
+                        && r.workload == workload
+                        && r.threads == 1
+                        && r.status == Status::Ok
+                })
+                .cloned()
+        };
+        self.reps0
+            .iter()
+            .filter_map(|rep| one(rep, ours).zip(one(rep, direct)))
+            .map(|(a, b)| f(&a, &b))
+            .collect()
+    }
+
     pub(crate) fn find(
         &self,
         stack: &str,
