@@ -6,9 +6,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{FwdExt, assert_no_module_sessions, find_one, rv_of, session};
+use p11fwd_forwarder::prearm::DEFAULT_PER_KEY;
 use p11fwd_tests::{ForwarderServer, Key, TestToken};
 use p11fwd_wire::CallId;
 use p11fwd_wire::client::{Client, OutCap, Output, req};
@@ -26,6 +27,22 @@ fn start(token: &TestToken, extra: &[&str]) -> ForwarderServer {
 /// How many signatures ran on a spare so far (the forwarder's trace).
 fn on_spares(fwd: &ForwarderServer) -> usize {
     fwd.log().matches("signed on a spare").count()
+}
+
+/// Spares armed so far for mechanism `ty` (each logged once it is back in its pool).
+fn armed(fwd: &ForwarderServer, ty: u64) -> usize {
+    fwd.log()
+        .matches(&format!("mechanism={ty} armed=true"))
+        .count()
+}
+
+/// Wait (bounded: a liveness bound, not a timing) until `n` spares were armed for `ty`: the
+/// arming thread runs at the lowest priority and on a loaded machine lags behind a client.
+fn until_armed(fwd: &ForwarderServer, ty: u64, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while armed(fwd, ty) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn pin(t: &TestToken) -> Option<&[u8]> {
@@ -97,6 +114,7 @@ fn repeated_signatures_run_on_spares_and_verify() {
         },
     );
     let digest = [7u8; 32];
+    let mut ec_used = 0;
     for (label, mech, cap) in [
         ("ec-p256", Mechanism::new(CKM_ECDSA), 64),
         ("rsa2048", Mechanism::new(CKM_SHA256_RSA_PKCS), 256),
@@ -109,27 +127,34 @@ fn repeated_signatures_run_on_spares_and_verify() {
         } else {
             &digest
         };
+        let warm = on_spares(&fwd);
         until_on_spares(&fwd, || {
             let sig = sign_pipelined(&c, s, &mech, key, msg, cap);
             verify(&c, s, &mech, public, msg, &sig);
         });
         let before = on_spares(&fwd);
         for _ in 0..20 {
+            // The pool was filled with `DEFAULT_PER_KEY` spares and each signature on one
+            // arms it again: once all of those are back, a spare is idle.
+            let used = on_spares(&fwd) - warm;
+            until_armed(&fwd, mech.ty, usize::from(DEFAULT_PER_KEY) + used);
             let sig = sign_pipelined(&c, s, &mech, key, msg, cap);
             verify(&c, s, &mech, public, msg, &sig);
         }
-        // The arming thread keeps up with a client that verifies in between.
-        assert!(
-            on_spares(&fwd) - before >= 10,
-            "{label}: {} of 20 on spares",
-            on_spares(&fwd) - before
+        assert_eq!(
+            on_spares(&fwd) - before,
+            20,
+            "{label}: signatures on spares"
         );
+        if mech.ty == CKM_ECDSA {
+            ec_used = on_spares(&fwd) - warm;
+        }
     }
     // The stock client's order: C_SignInit alone, a size query, then C_Sign.
     let key = find_one(&c, s, "ec-p256", CKO_PRIVATE_KEY);
     let public = find_one(&c, s, "ec-p256", CKO_PUBLIC_KEY);
     let m = Mechanism::new(CKM_ECDSA);
-    std::thread::sleep(Duration::from_millis(100));
+    until_armed(&fwd, CKM_ECDSA, usize::from(DEFAULT_PER_KEY) + ec_used);
     let before = on_spares(&fwd);
     c.sign_init(s, Some(m.clone()), key).unwrap();
     assert!(matches!(
