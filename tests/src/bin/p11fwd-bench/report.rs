@@ -158,7 +158,6 @@ impl Report {
         v.get(v.len() / 2).copied()
     }
 
-    /// The single-thread run of `stack`/`workload` at `delay`.
     /// The ratio `f(ours, direct)` in each 0 ms repetition, for `workload` on one thread.
     pub(crate) fn per_rep(
         &self,
@@ -167,23 +166,22 @@ impl Report {
         workload: &str,
         f: impl Fn(&OpRun, &OpRun) -> f64,
     ) -> Vec<f64> {
-        let one = |rep: &[OpRun], stack: &str| {
-            rep.iter()
-                .find(|r| {
-                    r.stack == stack
-                        && r.workload == workload
-                        && r.threads == 1
-                        && r.status == Status::Ok
-                })
-                .cloned()
-        };
+        fn one<'a>(rep: &'a [OpRun], stack: &str, workload: &str) -> Option<&'a OpRun> {
+            rep.iter().find(|r| {
+                r.stack == stack
+                    && r.workload == workload
+                    && r.threads == 1
+                    && r.status == Status::Ok
+            })
+        }
         self.reps0
             .iter()
-            .filter_map(|rep| one(rep, ours).zip(one(rep, direct)))
-            .map(|(a, b)| f(&a, &b))
+            .filter_map(|rep| one(rep, ours, workload).zip(one(rep, direct, workload)))
+            .map(|(a, b)| f(a, b))
             .collect()
     }
 
+    /// The single-thread run of `stack`/`workload` at `delay`.
     pub(crate) fn find(
         &self,
         stack: &str,
