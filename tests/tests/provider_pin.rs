@@ -103,6 +103,13 @@ fn pin_from_the_uri_file_the_config_and_the_application() {
     }
 }
 
+/// `load_sign URI` (loads the key through the provider and signs once), to run on a terminal.
+fn load_sign(env: &Env, uri: &str) -> std::process::Command {
+    let mut program = env.c_command(&env.compile_c("load_sign", LOAD_SIGN_C));
+    program.arg(uri);
+    program
+}
+
 /// On a terminal: the openssl CLI asks through its passphrase callback ("Enter pass phrase for
 /// PKCS#11 token <label>:", the info p11fwd gives it); a program without a callback gets
 /// p11fwd's own prompt, "Enter PIN for <label>: ". A wrong PIN typed there is refused once and
@@ -119,9 +126,7 @@ fn terminal_prompts_ask_for_the_pin() {
             ok && transcript.contains("BEGIN PUBLIC KEY"),
             "{kind}: openssl's prompt:\n{transcript}"
         );
-        let bin = env.compile_c("load_sign", LOAD_SIGN_C);
-        let mut program = env.c_command(&bin);
-        program.arg(&uri);
+        let program = load_sign(&env, &uri);
         let prompt = "Enter PIN for p11fwd-test: ";
         let (ok, transcript) = under_pty(&program, Some((prompt, "123456")));
         assert!(
@@ -161,9 +166,7 @@ fn a_pin_pad_token_logs_in_without_a_pin_or_a_prompt() {
         env.verify(&env.token.public_pem("ec-p256"), &sig, &["-sha256"]);
         assert_eq!(shim.logins(), ["C_Login user=1 pin=none"], "{kind}");
         // A program without a passphrase callback, on a terminal: no prompt either.
-        let bin = env.compile_c("load_sign", LOAD_SIGN_C);
-        let mut program = env.c_command(&bin);
-        program.arg(&uri);
+        let program = load_sign(&env, &uri);
         let (ok, transcript) = under_pty(&program, None);
         assert!(
             ok && transcript.contains("signed 1") && !transcript.contains("Enter"),
@@ -271,9 +274,7 @@ fn final_try_and_pin_to_be_changed_stop_automatic_logins() {
         }
         assert_eq!(shim.logins(), Vec::<String>::new(), "{kind}: no PIN sent");
         // Typed at p11fwd's own prompt, which warns: sent.
-        let bin = env.compile_c("load_sign", LOAD_SIGN_C);
-        let mut program = env.c_command(&bin);
-        program.arg(&uri);
+        let program = load_sign(&env, &uri);
         let prompt = "Enter PIN for p11fwd-test (final try: a wrong PIN locks it): ";
         let (ok, transcript) = under_pty(&program, Some((prompt, "123456")));
         assert!(
