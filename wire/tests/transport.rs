@@ -354,3 +354,45 @@ fn find_all_goes_on_until_the_module_returns_no_handle() {
         vec![1, 2, 3, 4, 5]
     );
 }
+
+/// This thread's voluntary context switches so far (`/proc/thread-self/status`).
+fn voluntary_switches() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A call sleeps once, until its reply: not also when the server reads the request. (A Unix
+/// stream socket wakes everything on its wait queue when the peer frees room in the send
+/// buffer; a thread blocked in `recv` would wake for nothing there, docs/design.md "Waiting for
+/// input".) The server waits a little between reading each request and answering it, so that
+/// such a wake-up would be a separate sleep of its own.
+#[test]
+fn a_call_sleeps_once_not_again_when_the_server_reads_the_request() {
+    const CALLS: u64 = 20;
+    let (_d, path) = serve(2, |mut s| {
+        let mut frames = Frames::default();
+        while let Some((code, _)) = frames.next(&mut s) {
+            std::thread::sleep(Duration::from_millis(5));
+            slot_list_reply(&mut s, code, 1);
+        }
+    });
+    let client = Client::connect(&path, opts(5000)).unwrap();
+    let cap = || p11fwd_wire::client::OutCap::Buffer(4);
+    client.get_slot_list(true, cap()).unwrap();
+    let before = voluntary_switches();
+    for _ in 0..CALLS {
+        client.get_slot_list(true, cap()).unwrap();
+    }
+    let slept = voluntary_switches() - before;
+    // One per call; a little room for an unrelated sleep (a page fault, the allocator).
+    assert!(
+        slept <= CALLS + CALLS / 4,
+        "{slept} sleeps for {CALLS} calls"
+    );
+}

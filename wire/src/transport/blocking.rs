@@ -132,8 +132,6 @@ pub struct Connection {
 struct Inbox {
     data: Zeroizing<Vec<u8>>,
     start: usize,
-    /// The socket's `SO_RCVTIMEO` as last set (see [`recv_some`]).
-    rcv_timeout: Option<Duration>,
 }
 
 /// Read at least this much per `recv` when the frame's size is not known yet: most replies,
@@ -168,12 +166,7 @@ impl Inbox {
     fn fill(&mut self, stream: &UnixStream, want: usize, deadline: Instant) -> Result<()> {
         let old = self.data.len();
         self.data.resize(old + want.max(READ_CHUNK), 0);
-        let got = recv_some(
-            stream,
-            &mut self.data[old..],
-            deadline,
-            &mut self.rcv_timeout,
-        );
+        let got = recv_some(stream, &mut self.data[old..], deadline);
         self.data.truncate(old + *got.as_ref().unwrap_or(&0));
         if got? == 0 {
             return Err(Error::Closed);
@@ -225,36 +218,22 @@ fn wait_ready(stream: &UnixStream, events: PollFlags, deadline: Instant) -> Resu
     }
 }
 
-/// How far the socket's receive timeout may be from the time left before it is set again.
-const TIMEOUT_SLACK: Duration = Duration::from_millis(20);
-
 /// One `recv` of up to `buf.len()` bytes (0 at EOF), waiting until `deadline` at the most.
 ///
-/// A blocking `recv` under `SO_RCVTIMEO`: one system call when the data comes in time. The
-/// receive timeout is the time left; `rcv_timeout` remembers what the socket has, so it is only
-/// set again when that is more than [`TIMEOUT_SLACK`] off (a new call starts with about the
-/// same time left as the one before).
-fn recv_some(
-    stream: &UnixStream,
-    buf: &mut [u8],
-    deadline: Instant,
-    rcv_timeout: &mut Option<Duration>,
-) -> Result<usize> {
-    use rustix::net::sockopt;
+/// Waits in `poll` for input, then reads without blocking. Not a blocking `recv`: a Unix
+/// stream socket has one wait queue for its readers and its writers, and each time the server
+/// reads one of our requests (freeing room in our send buffer) the kernel wakes everything
+/// queued there. A thread blocked in `recv` for its reply wakes up for nothing, once per call:
+/// one more sleep and wake-up, and on another CPU an interrupt to wake it, while the server
+/// works on the request. `poll` asks for input only, and is woken for input only
+/// (docs/design.md, "Waiting for input").
+fn recv_some(stream: &UnixStream, buf: &mut [u8], deadline: Instant) -> Result<usize> {
     loop {
-        // At least 1 ms: a zero SO_RCVTIMEO would mean no timeout at all.
-        let left = time_left(deadline)?.max(Duration::from_millis(1));
-        if rcv_timeout.is_none_or(|t| t > left + TIMEOUT_SLACK || t + TIMEOUT_SLACK < left) {
-            sockopt::set_socket_timeout(stream, sockopt::Timeout::Recv, Some(left))
-                .map_err(io::Error::from)?;
-            *rcv_timeout = Some(left);
-        }
-        match rustix::net::recv(stream, &mut *buf, RecvFlags::empty()) {
+        wait_ready(stream, PollFlags::IN, deadline)?;
+        match rustix::net::recv(stream, &mut *buf, RecvFlags::DONTWAIT) {
             Ok((n, _)) => return Ok(n),
-            Err(Errno::INTR) => {}
-            // The receive timeout ran out: the deadline has passed, or is a little ahead and
-            // gets a timeout of its own.
-            Err(Errno::AGAIN) => *rcv_timeout = None,
+            // A readiness with nothing to read, or a signal: wait again.
+            Err(Errno::INTR | Errno::AGAIN) => {}
             Err(e) => return Err(io_error(e.into())),
         }
     }
@@ -278,7 +257,7 @@ fn send_all(stream: &UnixStream, mut buf: &[u8], deadline: Instant) -> Result<()
 /// Read the server's version byte, by `deadline`.
 fn read_version(stream: &UnixStream, deadline: Instant) -> Result<u8> {
     let mut b = [0u8; 1];
-    match recv_some(stream, &mut b, deadline, &mut None)? {
+    match recv_some(stream, &mut b, deadline)? {
         0 => Err(Error::Closed),
         _ => Ok(b[0]),
     }
