@@ -2,8 +2,9 @@
 //! replies, like the process `p11-kit server` forks per connection, plus a shared pool for the
 //! requests that must run concurrently.
 //!
-//! - **Fast path.** The connection thread reads with blocking `recv` calls into a buffer (a frame
-//!   header and body usually arrive in one call), takes every complete frame in it, runs them
+//! - **Fast path.** The connection thread waits in `poll` for input and reads with one `recv`
+//!   into a buffer (a frame header and body usually arrive in one call; [`ReadBuf::wait_fill`]
+//!   says why not a blocking `recv`), takes every complete frame in it, runs them
 //!   itself and sends their replies with one `send`. A request therefore costs the peer's
 //!   wake-up of this thread and nothing else: no task, no channel, no hand-off.
 //! - **Concurrency.** Requests on the same session form a *lane* and run in arrival order;
@@ -42,6 +43,7 @@ use p11fwd_wire::consts::{
 use p11fwd_wire::dialect::MAX_VERSION;
 use p11fwd_wire::frame::{HEADER_LEN, Header, Limits};
 use p11fwd_wire::{Arg, ByteArray, CallId, Dialect, ProtocolError, Reply, Request, Rv};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 use tokio::runtime::Handle;
@@ -126,6 +128,29 @@ impl ReadBuf {
             self.start = 0;
             if self.buf.capacity() > SHRINK_ABOVE {
                 self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// Wait for input, then [`fill`](Self::fill) without blocking. `Ok(0)` is the end of the
+    /// stream.
+    ///
+    /// The wait is a `poll` for input, not a blocking `recv`: a Unix stream socket has one wait
+    /// queue for its readers and its writers, and each time the client reads one of our
+    /// replies (freeing room in our send buffer) the kernel wakes everything queued there. A
+    /// thread blocked in `recv` would wake up for nothing once per request, while the client
+    /// works on the reply, taking a CPU from it or from the arming thread (docs/design.md,
+    /// "Waiting for input").
+    fn wait_fill(&mut self, sock: &UnixStream, limits: Limits) -> rustix::io::Result<usize> {
+        loop {
+            let mut fds = [PollFd::new(sock, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e),
+            }
+            match self.fill(sock, RecvFlags::DONTWAIT, limits) {
+                Err(Errno::AGAIN) => {}
+                r => return r,
             }
         }
     }
@@ -318,7 +343,7 @@ pub(crate) fn serve(env: Arc<Env>, sock: UnixStream, keep: Keep) {
             rb.consume(rb.start + 1);
             break b;
         }
-        match rb.fill(&sock, RecvFlags::empty(), env.limits) {
+        match rb.wait_fill(&sock, env.limits) {
             Ok(0) => {
                 debug!("connection closed before the version byte");
                 return;
@@ -404,7 +429,7 @@ impl Worker {
             if !go_on || self.closed || link.env.watcher.stopping() {
                 break;
             }
-            match self.rb.fill(&link.sock, RecvFlags::empty(), limits) {
+            match self.rb.wait_fill(&link.sock, limits) {
                 Ok(0) => {
                     if self.rb.pending().is_empty() {
                         debug!(conn = link.id, "peer closed the connection");

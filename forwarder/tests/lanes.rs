@@ -603,3 +603,59 @@ fn sigterm_does_not_wait_for_a_peer_that_stopped_reading() {
     );
     drop(stuck);
 }
+
+/// Voluntary context switches so far of the forwarder's connection threads (`p11fwd-conn`),
+/// with how many there are.
+fn conn_thread_sleeps(fwd: &Fwd) -> (usize, u64) {
+    let mut threads = 0;
+    let mut sleeps = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", fwd.pid())).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "p11fwd-conn" {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        threads += 1;
+        sleeps += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+    }
+    (threads, sleeps)
+}
+
+/// The connection's thread sleeps once per request, until the request comes: not also when the
+/// client reads the reply. (A Unix stream socket wakes everything on its wait queue when the
+/// peer frees room in the send buffer; a thread blocked in `recv` would wake for nothing
+/// there, docs/design.md "Waiting for input".) The client reads each reply a while after it
+/// came and sends the next request a while after that, so that such a wake-up would be a sleep
+/// of its own.
+#[test]
+fn the_connection_thread_sleeps_once_per_request_not_again_when_the_client_reads() {
+    const CALLS: u32 = 20;
+    let token = TestToken::builder().build();
+    let fwd = common::start(&token);
+    let mut raw = Raw::open(&fwd);
+    raw.slot(2);
+    let (threads, before) = conn_thread_sleeps(&fwd);
+    assert_eq!(threads, 1, "one connection, one connection thread");
+    for code in 0..CALLS {
+        raw.send(&[(10 + code, req::get_slot_list(true, OutCap::Buffer(8)))]);
+        // Long enough for the reply to be sent and the thread to wait for input again, and
+        // (after the read) for a wake-up by the read to be one of its own.
+        std::thread::sleep(Duration::from_millis(5));
+        raw.recv_ok();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let slept = conn_thread_sleeps(&fwd).1 - before;
+    let calls = u64::from(CALLS);
+    // One per request; a little room for an unrelated sleep (a page fault, a lock).
+    assert!(
+        slept <= calls + calls / 4,
+        "{slept} sleeps for {calls} requests"
+    );
+}
