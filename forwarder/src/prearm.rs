@@ -21,9 +21,10 @@
 //! armed before is never used after.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use p11fwd_wire::consts::*;
 use p11fwd_wire::value::{AttrSlot, Attribute, MechParam, Mechanism};
@@ -167,12 +168,16 @@ impl Core {
 
     /// The arming thread: initialise spares until the channel closes.
     fn run(&self, modules: &[Arc<Module>], rx: &Receiver<Job>) {
-        while let Ok(Job::Arm {
+        // Whether jobs come back to back: then the thread waits for the next one awake.
+        let mut spin = false;
+        let mut done = Instant::now();
+        while let Some(Job::Arm {
             what,
             session,
             epoch,
-        }) = rx.recv()
+        }) = next_job(rx, spin)
         {
+            spin = done.elapsed() < SPIN;
             let Some(module) = modules.get(what.token.module) else {
                 continue;
             };
@@ -205,6 +210,7 @@ impl Core {
             self.give_back(&what, armed, epoch, s, modules);
             // Once the spare is back in its pool (the tests count these lines).
             debug!(target: "p11fwd::prearm", mechanism = what.mech.ty, armed, "arming a spare");
+            done = Instant::now();
         }
     }
 
@@ -254,6 +260,38 @@ impl Core {
         };
         lib.init(InitKind::Sign, s, Some(&mut m), what.key).is_ok()
     }
+}
+
+/// How long the arming thread stays awake for its next job when jobs come back to back.
+const SPIN: Duration = Duration::from_millis(1);
+
+/// The arming thread's next job; `None` once the channel is closed. With `spin`, the thread
+/// polls the channel for up to [`SPIN`] before it sleeps.
+///
+/// Why stay awake: when a thread wakes another, Linux puts the woken one on an idle CPU if
+/// there is one. While a client signs back to back, the client and the connection thread wake
+/// each other twice per signature and never run at the same time, so the fastest layout has
+/// them share a CPU and the arming thread on another; but each time the arming thread sleeps,
+/// its CPU is idle and the next wake-up moves the client or the connection thread there, which
+/// then pays a cross-CPU wake-up (on a VM, an idle virtual CPU is halted: tens of µs) twice
+/// per signature, and the arming thread shares a CPU with one of them. Awake (at nice 19, so
+/// any other thread that wants the CPU gets it), it keeps its CPU busy: on a 2-CPU VM the
+/// no-delay ECDSA rate went from 9–20 k/s (median 14.6 k) to 14.7–21 k/s (median 17.8 k),
+/// docs/benchmarks.md. The cost is at most [`SPIN`] of CPU time after the last job of a burst;
+/// jobs further apart than that never spin.
+fn next_job(rx: &Receiver<Job>, spin: bool) -> Option<Job> {
+    if spin {
+        let end = Instant::now() + SPIN;
+        loop {
+            match rx.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if Instant::now() >= end => break,
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+    }
+    rx.recv().ok()
 }
 
 fn close_all(modules: &[Arc<Module>], token: TokenKey, sessions: &[u64]) {
