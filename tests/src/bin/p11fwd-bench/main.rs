@@ -911,22 +911,31 @@ fn run(opts: &Options) -> Result<()> {
                 .push((format!("operations at {delay_ms} ms"), loadavg()));
             // Without delay the run is CPU-bound and this machine's speed drifts by 10-20 %
             // within minutes: the stacks take turns, and each result is the median of `reps`
-            // runs.
+            // runs. Within a repetition the stacks run one workload after the other, so that
+            // the runs compared with each other (a stack and the module called directly) are
+            // seconds apart, not a whole matrix; every other repetition in reverse order, so
+            // that no stack always runs first or last.
             let reps = if delay_ms == 0 { sizes.reps0 } else { 1 };
             eprintln!(
                 "operations, {delay_ms} ms one-way, {reps} interleaved run(s) (load {}):",
                 loadavg()
             );
             let mut runs: Vec<Vec<OpRun>> = Vec::new();
-            for _ in 0..reps {
+            for rep in 0..reps {
                 let mut this = Vec::new();
-                for stack in STACKS.iter().filter(|s| wanted(s)) {
-                    if delay_ms != 0 && !stack.remote() {
-                        continue;
-                    }
-                    for w in WORKLOADS {
+                let mut stacks: Vec<&Stack> = STACKS
+                    .iter()
+                    .filter(|s| wanted(s) && (delay_ms == 0 || s.remote()))
+                    .collect();
+                if rep % 2 == 1 {
+                    stacks.reverse();
+                }
+                for w in WORKLOADS {
+                    for stack in &stacks {
                         this.push(bench.run_ops(stack, w, delay_ms, 1)?);
                     }
+                }
+                for stack in &stacks {
                     this.push(bench.run_ops(stack, &WORKLOADS[0], delay_ms, 8)?);
                 }
                 if delay_ms == 0 {
@@ -1049,16 +1058,21 @@ fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Per configuration, the run with the median operations per second of its repetitions
-/// (`runs[rep][i]` are the same configuration for every `rep`).
+/// Per configuration (stack, workload, delay, threads), the run with the median operations per
+/// second of its repetitions (each repetition may run them in another order).
 fn median_runs(runs: Vec<Vec<OpRun>>) -> Vec<OpRun> {
     let Some(first) = runs.first() else {
         return Vec::new();
     };
-    let n = first.len();
-    (0..n)
-        .filter_map(|i| {
-            let mut same: Vec<&OpRun> = runs.iter().filter_map(|r| r.get(i)).collect();
+    let key = |r: &OpRun| (r.stack, r.workload, r.delay_ms, r.threads);
+    first
+        .iter()
+        .filter_map(|one| {
+            let mut same: Vec<&OpRun> = runs
+                .iter()
+                .flatten()
+                .filter(|r| key(r) == key(one))
+                .collect();
             same.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
             same.get(same.len() / 2).map(|r| (*r).clone())
         })
