@@ -190,6 +190,9 @@ struct Sizes {
     /// Single-thread operations at 0 ms / 10 ms.
     n0: usize,
     n10: usize,
+    /// Single-thread ECDSA signatures at 0 ms: ten times as fast as RSA, `n0` of them would last
+    /// some 50 ms, too short on a host whose speed changes from second to second.
+    n0_ec: usize,
     /// Operations per thread with 8 threads, at 0 ms / 10 ms.
     t0: usize,
     t10: usize,
@@ -212,6 +215,7 @@ struct Sizes {
 const FULL: Sizes = Sizes {
     n0: 1000,
     n10: 60,
+    n0_ec: 5000,
     t0: 300,
     t10: 30,
     reqs: 7,
@@ -220,13 +224,14 @@ const FULL: Sizes = Sizes {
     idle_stock: 50,
     signers: 64,
     signer_ops: 50,
-    reps0: 5,
+    reps0: 7,
     floor: 20_000,
 };
 
 const QUICK: Sizes = Sizes {
     n0: 60,
     n10: 8,
+    n0_ec: 60,
     t0: 30,
     t10: 4,
     reqs: 2,
@@ -456,6 +461,7 @@ impl Bench {
         threads: usize,
     ) -> Result<OpRun> {
         let n = match (delay_ms, threads) {
+            (0, 1) if w.id == "ec-sign" => self.sizes.n0_ec,
             (0, 1) => self.sizes.n0,
             (_, 1) => self.sizes.n10,
             (0, _) => self.sizes.t0,
@@ -911,10 +917,10 @@ fn run(opts: &Options) -> Result<()> {
                 .push((format!("operations at {delay_ms} ms"), loadavg()));
             // Without delay the run is CPU-bound and this machine's speed drifts by 10-20 %
             // within minutes: the stacks take turns, and each result is the median of `reps`
-            // runs. Within a repetition the stacks run one workload after the other, so that
-            // the runs compared with each other (a stack and the module called directly) are
-            // seconds apart, not a whole matrix; every other repetition in reverse order, so
-            // that no stack always runs first or last.
+            // runs. Within a repetition all stacks run one workload before the next, the
+            // module called directly between the two stacks the targets compare with it (and
+            // the ideal forwarder next), so that compared runs are adjacent; every other
+            // repetition in reverse order, so that no stack always runs first or last.
             let reps = if delay_ms == 0 { sizes.reps0 } else { 1 };
             eprintln!(
                 "operations, {delay_ms} ms one-way, {reps} interleaved run(s) (load {}):",
@@ -927,6 +933,13 @@ fn run(opts: &Options) -> Result<()> {
                     .iter()
                     .filter(|s| wanted(s) && (delay_ms == 0 || s.remote()))
                     .collect();
+                const ADJACENT: [&str; 4] = ["provider-fwd", "softhsm", "client-fwd", "ideal"];
+                stacks.sort_by_key(|s| {
+                    ADJACENT
+                        .iter()
+                        .position(|x| *x == s.id)
+                        .unwrap_or(ADJACENT.len())
+                });
                 if rep % 2 == 1 {
                     stacks.reverse();
                 }
