@@ -345,3 +345,51 @@ fn sign_ahead_zero_turns_it_off() {
 fn hex_p256() -> Vec<u8> {
     vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
 }
+
+/// CPU time (user + system, in clock ticks) of the forwarder's arming thread, if it runs.
+fn arming_thread_ticks(fwd: &ForwarderServer) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{}/task", fwd.pid())).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "p11fwd-prearm" {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            // The fields after the command (which ends with the last ')'): utime is the 12th,
+            // stime the 13th.
+            let rest: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            return Some(rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap());
+        }
+    }
+    None
+}
+
+/// Between back-to-back jobs the arming thread stays awake for a while (`prearm::next_job`);
+/// once the client stops signing it must go to sleep, not keep a CPU busy.
+#[test]
+fn the_arming_thread_sleeps_once_signing_stops() {
+    let (_token, fwd, c, s) = logged_in(&[Key::EcP256]);
+    let key = find_one(&c, s, "ec-p256", CKO_PRIVATE_KEY);
+    let mech = Mechanism::new(CKM_ECDSA);
+    until_on_spares(&fwd, || {
+        sign_pipelined(&c, s, &mech, key, &[7u8; 32], 64);
+    });
+    // A burst of back-to-back signatures: the arming thread spins between its jobs.
+    for _ in 0..200 {
+        sign_pipelined(&c, s, &mech, key, &[7u8; 32], 64);
+    }
+    let used = on_spares(&fwd);
+    until_armed(&fwd, mech.ty, usize::from(DEFAULT_PER_KEY) + used);
+    std::thread::sleep(Duration::from_millis(100));
+    let before = arming_thread_ticks(&fwd).expect("an arming thread");
+    // Half a second of an idle client: a spinning thread would use about 50 ticks here.
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = arming_thread_ticks(&fwd).unwrap() - before;
+    assert!(
+        spent <= 5,
+        "the idle arming thread used {spent} ticks in 0.5 s"
+    );
+}
