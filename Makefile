@@ -2,7 +2,8 @@
 #
 #   make deps      install the Debian 12 packages the tests and the demo need (as root)
 #   make build     cargo build --workspace
-#   make test      deps, toolchain check, fmt check, clippy, fuzz crate check, build, tests
+#   make test      deps, toolchain check, fmt check, clippy, doc check, fuzz crate check, build,
+#                  tests
 #                  (cargo-nextest if present)
 #   make demo      deps, build, scripts/demo.sh
 #   make bench     deps, release build, the benchmark harness (writes docs/benchmarks.*)
@@ -58,7 +59,7 @@ DEB_PACKAGES := \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: all deps toolchain build test check-fmt clippy fuzz-check nextest demo bench dist install \
+.PHONY: all deps toolchain build test check-fmt clippy doc-check fuzz-check nextest demo bench dist install \
 	uninstall clean
 
 all: build
@@ -112,6 +113,11 @@ check-fmt:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The API docs, private items included (the crate docs are maps of their modules): no broken
+# links, no stray HTML.
+doc-check:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --document-private-items
+
 # The fuzz crate is a workspace of its own (cargo fuzz wants nightly to run it, see design.md
 # §2.3), but it compiles on stable: check that it still does (libfuzzer-sys builds libFuzzer's
 # C++ once, about 30 s, then this is incremental).
@@ -132,6 +138,7 @@ nextest: build
 test: deps toolchain
 	$(MAKE) --no-print-directory check-fmt
 	$(MAKE) --no-print-directory clippy
+	$(MAKE) --no-print-directory doc-check
 	$(MAKE) --no-print-directory fuzz-check
 	$(MAKE) --no-print-directory nextest
 

@@ -20,6 +20,10 @@
 //! The module never starts a thread or an async runtime in the host: calling threads do all the
 //! I/O, multiplexed over one connection by `p11fwd_wire::transport::blocking`.
 
+// The crate documentation above is a map of the modules, private ones included
+// (`cargo doc --document-private-items` renders it all).
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub(crate) mod attrs;
 pub mod boundary;
 pub(crate) mod config;

@@ -12,6 +12,10 @@
 //! - [`cli`]: `p11fwd server`, the command line of `p11-kit server`.
 //! - [`daemon`]: fork and socket activation (the only other `unsafe`).
 
+// The crate documentation above is a map of the modules, private ones included
+// (`cargo doc --document-private-items` renders it all).
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod cli;
 mod conn;
 pub mod daemon;

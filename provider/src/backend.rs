@@ -4,7 +4,7 @@
 //! - [`Backend`] lives in the provctx. [`Backend::link`] connects lazily on first use and
 //!   reconnects when the connection broke or was inherited across `fork()` (the child never
 //!   touches the parent's socket); each connection has an `epoch`, so objects found on an older
-//!   one are found again by their attributes ([`Backend::refind`]).
+//!   one are found again by their attributes ([`crate::key::Key::resolve`]).
 //! - [`Link`]: one connection, with every token discovered at connect time (token info and
 //!   mechanism list, cached for the connection's life).
 //! - [`Token`]: per token, the login state (logged in once per connection; a PIN the token

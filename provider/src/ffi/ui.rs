@@ -25,8 +25,8 @@ impl PinPrompt for TerminalPrompt {
 /// The longest PIN read.
 const MAX_PIN: usize = 256;
 
-/// Prompts "Enter PIN for <token>: " and returns what was typed. On the token's final try the
-/// prompt says so: "Enter PIN for <token> (final try: a wrong PIN locks it): ".
+/// Prompts `Enter PIN for <token>: ` and returns what was typed. On the token's final try the
+/// prompt says so: `Enter PIN for <token> (final try: a wrong PIN locks it): `.
 pub(crate) fn prompt(token: &str, final_try: bool) -> Option<Zeroizing<String>> {
     // SAFETY: isatty only inspects the descriptor.
     if unsafe { libc::isatty(0) } != 1 {
