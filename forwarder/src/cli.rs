@@ -72,8 +72,8 @@ pub struct ServerArgs {
         value_parser = parse_vendor_mechanism
     )]
     pub pass_raw_params: Vec<u64>,
-    /// Spare sessions per key and mechanism on which the next `C_SignInit` is done ahead, so
-    /// that a signature waits only for `C_Sign` (0: off).
+    /// Spare sessions per key and mechanism on which the next `C_SignInit` (`C_DecryptInit`)
+    /// is done ahead, so that a signature waits only for `C_Sign` (0: off).
     #[arg(long = "sign-ahead", env = "P11FWD_SIGN_AHEAD", value_name = "N",
           default_value_t = crate::prearm::DEFAULT_PER_KEY,
           value_parser = clap::value_parser!(u8).range(0..=16))]

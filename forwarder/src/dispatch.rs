@@ -430,12 +430,12 @@ impl Cx<'_> {
         } else {
             0
         };
-        let ahead = match a.mech(1)? {
-            Some(m) if kind == InitKind::Sign => self.sign_ahead(vs, &s, a.u(2)?, key, m)?,
+        let ahead = match (a.mech(1)?, prearm::Op::of(kind)) {
+            (Some(m), Some(op)) => self.init_ahead(vs, &s, a.u(2)?, key, m, op)?,
             _ => None,
         };
         if let Some(Ok(b)) = ahead {
-            // A spare already did this C_SignInit: the module accepted it.
+            // A spare already did this C_SignInit (C_DecryptInit): the module accepted it.
             self.conn()?.bound.insert(vs, b);
             return Ok(vec![]);
         }
@@ -450,16 +450,17 @@ impl Cx<'_> {
         Ok(vec![])
     }
 
-    /// For a C_SignInit that may be done ahead: `Ok(bound)` with a spare armed for it, else
-    /// `Err(what)` to arm spares for once the client's own C_SignInit succeeded; `None` if
-    /// it may not (see `crate::prearm`).
-    fn sign_ahead(
+    /// For a C_SignInit or C_DecryptInit that may be done ahead: `Ok(bound)` with a spare
+    /// armed for it, else `Err(what)` to arm spares for once the client's own call succeeded;
+    /// `None` if it may not (see `crate::prearm`).
+    fn init_ahead(
         &self,
         vs: u64,
         s: &SessionEntry,
         vkey: u64,
         key: u64,
         m: &Mechanism,
+        op: prearm::Op,
     ) -> Result<Option<Result<Bound, Armed>>, Rv> {
         let p = &self.shared.prearm;
         if !p.enabled() || !prearm::eligible(m) {
@@ -480,12 +481,13 @@ impl Cx<'_> {
             token: s.token,
             key,
             mech: m.clone(),
+            op,
         };
         Ok(Some(p.take(&what, &self.shared.modules).ok_or(what)))
     }
 
-    /// Run `req`: on a bound session, C_Sign runs on the spare and anything else first moves
-    /// the signing operation back to the client's session.
+    /// Run `req`: on a bound session, C_Sign (C_Decrypt) runs on the spare and anything else
+    /// first moves the operation back to the client's session.
     fn run(&self, req: &Request) -> Result<Vec<Arg>, Rv> {
         let vs = session_of(req);
         if let Some(vs) = vs
@@ -494,15 +496,22 @@ impl Cx<'_> {
         {
             let bound = lock(self.conn)?.bound.remove(&vs);
             if let Some(b) = bound {
-                if req.call == CallId::Sign && self.shared.prearm.current(&b) {
-                    return self.sign_bound(vs, b, req);
+                let (one_shot, family) = match b.what.op {
+                    prearm::Op::Sign => (
+                        CallId::Sign,
+                        [CallId::Sign, CallId::SignUpdate, CallId::SignFinal],
+                    ),
+                    prearm::Op::Decrypt => (
+                        CallId::Decrypt,
+                        [CallId::Decrypt, CallId::DecryptUpdate, CallId::DecryptFinal],
+                    ),
+                };
+                if req.call == one_shot && self.shared.prearm.current(&b) {
+                    return self.run_bound(vs, b, req);
                 }
                 let moved = self.unbind(vs, b);
                 if let Err(rv) = moved
-                    && matches!(
-                        req.call,
-                        CallId::Sign | CallId::SignUpdate | CallId::SignFinal
-                    )
+                    && family.contains(&req.call)
                 {
                     return Err(rv);
                 }
@@ -515,33 +524,48 @@ impl Cx<'_> {
         r
     }
 
-    /// C_Sign of a bound session, on its spare.
-    fn sign_bound(&self, vs: u64, b: Bound, req: &Request) -> Result<Vec<Arg>, Rv> {
+    /// C_Sign (C_Decrypt) of a bound session, on its spare.
+    fn run_bound(&self, vs: u64, b: Bound, req: &Request) -> Result<Vec<Arg>, Rv> {
         let a = A(&req.args);
+        let kind = match b.what.op {
+            prearm::Op::Sign => InOut::Sign,
+            prearm::Op::Decrypt => InOut::Decrypt,
+        };
         let r = match (self.lib(b.what.token), a.data(1), a.fy(2)) {
-            (Ok(lib), Ok(data), Ok(out)) => lib.in_out(InOut::Sign, b.spare, data, out),
+            (Ok(lib), Ok(data), Ok(out)) => lib.in_out(kind, b.spare, data, out),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
         if matches!(r, Ok(ByteArray::Length(_))) {
             // A size query, or a buffer too small: the operation goes on.
             lock(self.conn)?.bound.insert(vs, b);
         } else {
-            tracing::debug!(target: "p11fwd::prearm", session = vs, "signed on a spare");
+            // The tests count these lines.
+            match b.what.op {
+                prearm::Op::Sign => {
+                    tracing::debug!(target: "p11fwd::prearm", session = vs, "signed on a spare");
+                }
+                prearm::Op::Decrypt => {
+                    tracing::debug!(target: "p11fwd::prearm", session = vs, "decrypted on a spare");
+                }
+            }
             self.shared.prearm.finished(b, &self.shared.modules);
         }
         Ok(vec![Arg::ByteArray(r?)])
     }
 
-    /// Move a bound session's operation to its own session: C_SignInit there with what the
-    /// spare was initialised for, and the spare goes back to its pool unused.
+    /// Move a bound session's operation to its own session: C_SignInit (C_DecryptInit) there
+    /// with what the spare was initialised for, and the spare goes back to its pool unused.
     fn unbind(&self, vs: u64, b: Bound) -> Result<(), Rv> {
         let r = (|| {
             let s = self.session(vs)?;
             let mut m = prearm::native(&b.what.mech)?;
             self.lib(s.token)?
-                .init(InitKind::Sign, s.real, Some(&mut m), b.what.key)?;
+                .init(b.what.op.init_kind(), s.real, Some(&mut m), b.what.key)?;
             if let Some(e) = self.conn()?.sessions.get_mut(&vs) {
-                e.ops |= ops::SIGN;
+                e.ops |= match b.what.op {
+                    prearm::Op::Sign => ops::SIGN,
+                    prearm::Op::Decrypt => ops::DECRYPT,
+                };
             }
             Ok(())
         })();
@@ -590,9 +614,10 @@ impl Cx<'_> {
             _ => return,
         };
         if let Ok(mut c) = lock(self.conn) {
-            // A C_SignInit answered by a spare left the client's own session alone.
+            // A C_SignInit (C_DecryptInit) answered by a spare left the client's own session
+            // alone.
             let set = if c.bound.contains_key(&vs) {
-                set & !SIGN
+                set & !(SIGN | DECRYPT)
             } else {
                 set
             };

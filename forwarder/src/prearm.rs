@@ -14,6 +14,9 @@
 //! first moves the operation back to the client's own session (`C_SignInit` there, which the
 //! module accepted on the spare) and returns the spare, still clean, to its pool.
 //!
+//! Decryption is done ahead the same way ([`Op::Decrypt`]: `C_DecryptInit` on the spare, the
+//! client's `C_Decrypt` there).
+//!
 //! Only for token objects, mechanisms without pointers in their parameter (none, or PSS),
 //! connections that are logged in, keys without `CKA_ALWAYS_AUTHENTICATE`, and client sessions
 //! with no operation active. Everything armed for a token is dropped when the module logs out
@@ -48,6 +51,33 @@ pub(crate) struct Armed {
     /// The module's object handle of the key.
     pub(crate) key: u64,
     pub(crate) mech: Mechanism,
+    /// [`Op::Sign`] or [`Op::Decrypt`].
+    pub(crate) op: Op,
+}
+
+/// The operations a spare may be initialised for: one input, one output, in one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Op {
+    Sign,
+    Decrypt,
+}
+
+impl Op {
+    /// Of a `C_*Init`, if spares may do it.
+    pub(crate) fn of(kind: InitKind) -> Option<Self> {
+        match kind {
+            InitKind::Sign => Some(Self::Sign),
+            InitKind::Decrypt => Some(Self::Decrypt),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn init_kind(self) -> InitKind {
+        match self {
+            Self::Sign => InitKind::Sign,
+            Self::Decrypt => InitKind::Decrypt,
+        }
+    }
 }
 
 /// A client session whose signing operation lives on a spare session.
@@ -88,8 +118,9 @@ struct Inner {
     pools: Vec<Pool>,
     /// Per token: moves on when everything armed for it must be dropped.
     epochs: HashMap<TokenKey, u64>,
-    /// Combinations that failed to arm in the token's current epoch.
-    refused: HashSet<(TokenKey, u64, u64)>,
+    /// Combinations (token, key, mechanism type, operation) that failed to arm in the token's
+    /// current epoch.
+    refused: HashSet<(TokenKey, u64, u64, Op)>,
     /// `CKA_ALWAYS_AUTHENTICATE` of the keys looked at.
     always_auth: HashMap<(TokenKey, u64), bool>,
     /// Per token, whether it may have spares: not if it allows few sessions, or ran out of
@@ -205,7 +236,7 @@ impl Core {
                 );
                 self.inner()
                     .refused
-                    .insert((what.token, what.key, what.mech.ty));
+                    .insert((what.token, what.key, what.mech.ty, what.op));
             }
             self.give_back(&what, armed, epoch, s, modules);
             // Once the spare is back in its pool (the tests count these lines).
@@ -222,7 +253,7 @@ impl Core {
             if inner.epoch(what.token) != epoch
                 || inner
                     .refused
-                    .contains(&(what.token, what.key, what.mech.ty))
+                    .contains(&(what.token, what.key, what.mech.ty, what.op))
             {
                 return false;
             }
@@ -258,7 +289,8 @@ impl Core {
         let Ok(mut m) = native(&what.mech) else {
             return false;
         };
-        lib.init(InitKind::Sign, s, Some(&mut m), what.key).is_ok()
+        lib.init(what.op.init_kind(), s, Some(&mut m), what.key)
+            .is_ok()
     }
 }
 
@@ -380,7 +412,7 @@ impl Prearm {
             let mut inner = self.core.inner();
             if inner
                 .refused
-                .contains(&(what.token, what.key, what.mech.ty))
+                .contains(&(what.token, what.key, what.mech.ty, what.op))
                 || inner.always_auth.get(&(what.token, what.key)) == Some(&true)
             {
                 return;

@@ -393,3 +393,99 @@ fn the_arming_thread_sleeps_once_signing_stops() {
         "the idle arming thread used {spent} ticks in 0.5 s"
     );
 }
+
+/// How many decryptions ran on a spare so far (the forwarder's trace).
+fn decrypted_on_spares(fwd: &ForwarderServer) -> usize {
+    fwd.log().matches("decrypted on a spare").count()
+}
+
+/// `C_DecryptInit` + `C_Decrypt` in one write, as p11fwd's provider and client module send
+/// them.
+fn decrypt_pipelined(c: &Client, s: u64, m: &Mechanism, key: u64, ct: &[u8]) -> Vec<u8> {
+    let mut r = c.connection().call_batch(&[
+        req::init_with_key(CallId::DecryptInit, s, Some(m.clone()), key),
+        req::data_in_out(c.dialect(), CallId::Decrypt, s, ct, OutCap::Buffer(256)),
+    ]);
+    let pt = r.pop().unwrap().unwrap();
+    r.pop().unwrap().unwrap();
+    match pt.first() {
+        Some(Arg::ByteArray(ByteArray::Data(d))) => d.clone(),
+        other => panic!("no plaintext: {other:?}"),
+    }
+}
+
+/// Decrypting ahead: the same spares as signing, for `C_DecryptInit` + `C_Decrypt`.
+#[test]
+fn repeated_decryptions_run_on_spares_and_decrypt() {
+    let (_token, fwd, c, s) = logged_in(&[Key::Rsa2048]);
+    let key = find_one(&c, s, "rsa2048", CKO_PRIVATE_KEY);
+    let public = find_one(&c, s, "rsa2048", CKO_PUBLIC_KEY);
+    let m = Mechanism::new(CKM_RSA_PKCS);
+    let secret = [0x5au8; 48];
+    c.encrypt_init(s, Some(m.clone()), public).unwrap();
+    let ct = data(c.encrypt(s, &secret, OutCap::Buffer(256)));
+
+    for _ in 0..200 {
+        assert_eq!(decrypt_pipelined(&c, s, &m, key, &ct), secret);
+        if decrypted_on_spares(&fwd) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let warm = decrypted_on_spares(&fwd);
+    assert!(warm > 0, "no decryption ran on a spare:\n{}", fwd.log());
+    for _ in 0..10 {
+        until_armed(
+            &fwd,
+            m.ty,
+            usize::from(DEFAULT_PER_KEY) + decrypted_on_spares(&fwd),
+        );
+        assert_eq!(decrypt_pipelined(&c, s, &m, key, &ct), secret);
+    }
+    assert_eq!(
+        decrypted_on_spares(&fwd) - warm,
+        10,
+        "decryptions on spares"
+    );
+
+    // The stock client's order: C_DecryptInit alone, a size query, then C_Decrypt.
+    until_armed(
+        &fwd,
+        m.ty,
+        usize::from(DEFAULT_PER_KEY) + decrypted_on_spares(&fwd),
+    );
+    let before = decrypted_on_spares(&fwd);
+    c.decrypt_init(s, Some(m.clone()), key).unwrap();
+    assert!(matches!(
+        c.decrypt(s, &ct, OutCap::Query).unwrap(),
+        Output::Size(256)
+    ));
+    assert_eq!(data(c.decrypt(s, &ct, OutCap::Buffer(256))), secret);
+    assert_eq!(decrypted_on_spares(&fwd), before + 1, "{}", fwd.log());
+
+    // Another call while a spare holds the operation moves it to the session's own: a second
+    // C_DecryptInit gets the module's answer, and the first one's decryption still works.
+    until_armed(
+        &fwd,
+        m.ty,
+        usize::from(DEFAULT_PER_KEY) + decrypted_on_spares(&fwd),
+    );
+    c.decrypt_init(s, Some(m.clone()), key).unwrap();
+    assert_eq!(
+        rv_of(c.decrypt_init(s, Some(m.clone()), key)),
+        CKR_OPERATION_ACTIVE
+    );
+    assert_eq!(data(c.decrypt(s, &ct, OutCap::Buffer(256))), secret);
+    // And a signature on that session is not mistaken for the decryption a spare holds.
+    until_armed(
+        &fwd,
+        m.ty,
+        usize::from(DEFAULT_PER_KEY) + decrypted_on_spares(&fwd),
+    );
+    c.decrypt_init(s, Some(m.clone()), key).unwrap();
+    assert_eq!(
+        rv_of(c.sign(s, b"x", OutCap::Buffer(256))),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    assert_eq!(data(c.decrypt(s, &ct, OutCap::Buffer(256))), secret);
+}
