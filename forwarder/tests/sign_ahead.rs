@@ -464,28 +464,26 @@ fn repeated_decryptions_run_on_spares_and_decrypt() {
     assert_eq!(decrypted_on_spares(&fwd), before + 1, "{}", fwd.log());
 
     // Another call while a spare holds the operation moves it to the session's own: a second
-    // C_DecryptInit gets the module's answer, and the first one's decryption still works.
-    until_armed(
-        &fwd,
-        m.ty,
-        usize::from(DEFAULT_PER_KEY) + decrypted_on_spares(&fwd),
-    );
-    c.decrypt_init(s, Some(m.clone()), key).unwrap();
-    assert_eq!(
-        rv_of(c.decrypt_init(s, Some(m.clone()), key)),
-        CKR_OPERATION_ACTIVE
-    );
-    assert_eq!(data(c.decrypt(s, &ct, OutCap::Buffer(256))), secret);
-    // And a signature on that session is not mistaken for the decryption a spare holds.
-    until_armed(
-        &fwd,
-        m.ty,
-        usize::from(DEFAULT_PER_KEY) + decrypted_on_spares(&fwd),
-    );
-    c.decrypt_init(s, Some(m.clone()), key).unwrap();
-    assert_eq!(
-        rv_of(c.sign(s, b"x", OutCap::Buffer(256))),
-        CKR_OPERATION_NOT_INITIALIZED
-    );
-    assert_eq!(data(c.decrypt(s, &ct, OutCap::Buffer(256))), secret);
+    // C_DecryptInit gets the module's answer, a C_Sign is not taken for the decryption, and
+    // the first C_DecryptInit's decryption still works.
+    let other_calls: [(&dyn Fn() -> u64, u64); 2] = [
+        (
+            &|| rv_of(c.decrypt_init(s, Some(m.clone()), key)),
+            CKR_OPERATION_ACTIVE,
+        ),
+        (
+            &|| rv_of(c.sign(s, b"x", OutCap::Buffer(256))),
+            CKR_OPERATION_NOT_INITIALIZED,
+        ),
+    ];
+    for (call, rv) in other_calls {
+        until_armed(
+            &fwd,
+            m.ty,
+            usize::from(DEFAULT_PER_KEY) + decrypted_on_spares(&fwd),
+        );
+        c.decrypt_init(s, Some(m.clone()), key).unwrap();
+        assert_eq!(call(), rv);
+        assert_eq!(data(c.decrypt(s, &ct, OutCap::Buffer(256))), secret);
+    }
 }
