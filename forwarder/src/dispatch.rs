@@ -496,22 +496,13 @@ impl Cx<'_> {
         {
             let bound = lock(self.conn)?.bound.remove(&vs);
             if let Some(b) = bound {
-                let (one_shot, family) = match b.what.op {
-                    prearm::Op::Sign => (
-                        CallId::Sign,
-                        [CallId::Sign, CallId::SignUpdate, CallId::SignFinal],
-                    ),
-                    prearm::Op::Decrypt => (
-                        CallId::Decrypt,
-                        [CallId::Decrypt, CallId::DecryptUpdate, CallId::DecryptFinal],
-                    ),
-                };
-                if req.call == one_shot && self.shared.prearm.current(&b) {
+                let calls = b.what.op.calls();
+                if req.call == calls[0] && self.shared.prearm.current(&b) {
                     return self.run_bound(vs, b, req);
                 }
                 let moved = self.unbind(vs, b);
                 if let Err(rv) = moved
-                    && family.contains(&req.call)
+                    && calls.contains(&req.call)
                 {
                     return Err(rv);
                 }
@@ -527,12 +518,8 @@ impl Cx<'_> {
     /// C_Sign (C_Decrypt) of a bound session, on its spare.
     fn run_bound(&self, vs: u64, b: Bound, req: &Request) -> Result<Vec<Arg>, Rv> {
         let a = A(&req.args);
-        let kind = match b.what.op {
-            prearm::Op::Sign => InOut::Sign,
-            prearm::Op::Decrypt => InOut::Decrypt,
-        };
         let r = match (self.lib(b.what.token), a.data(1), a.fy(2)) {
-            (Ok(lib), Ok(data), Ok(out)) => lib.in_out(kind, b.spare, data, out),
+            (Ok(lib), Ok(data), Ok(out)) => lib.in_out(b.what.op.in_out(), b.spare, data, out),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
         if matches!(r, Ok(ByteArray::Length(_))) {
@@ -562,10 +549,7 @@ impl Cx<'_> {
             self.lib(s.token)?
                 .init(b.what.op.init_kind(), s.real, Some(&mut m), b.what.key)?;
             if let Some(e) = self.conn()?.sessions.get_mut(&vs) {
-                e.ops |= match b.what.op {
-                    prearm::Op::Sign => ops::SIGN,
-                    prearm::Op::Decrypt => ops::DECRYPT,
-                };
+                e.ops |= b.what.op.ops_bit();
             }
             Ok(())
         })();

@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use p11fwd_wire::consts::*;
 use p11fwd_wire::value::{AttrSlot, Attribute, MechParam, Mechanism};
-use p11fwd_wire::{Dialect, Rv};
+use p11fwd_wire::{CallId, Dialect, Rv};
 use tracing::debug;
 
-use crate::module::{InitKind, Module, NativeMechanism, OutTemplate, RawParams};
+use crate::module::{InOut, InitKind, Module, NativeMechanism, OutTemplate, RawParams};
 use crate::state::TokenKey;
 
 /// Spare sessions per (token, key, mechanism) by default.
@@ -76,6 +76,31 @@ impl Op {
         match self {
             Self::Sign => InitKind::Sign,
             Self::Decrypt => InitKind::Decrypt,
+        }
+    }
+
+    /// The one-call operation that runs on the spare (`C_Sign`, `C_Decrypt`).
+    pub(crate) fn in_out(self) -> InOut {
+        match self {
+            Self::Sign => InOut::Sign,
+            Self::Decrypt => InOut::Decrypt,
+        }
+    }
+
+    /// The calls that continue or end the operation: the one-call form first, then the
+    /// multi-part ones.
+    pub(crate) fn calls(self) -> [CallId; 3] {
+        match self {
+            Self::Sign => [CallId::Sign, CallId::SignUpdate, CallId::SignFinal],
+            Self::Decrypt => [CallId::Decrypt, CallId::DecryptUpdate, CallId::DecryptFinal],
+        }
+    }
+
+    /// Its bit in `SessionEntry::ops`.
+    pub(crate) fn ops_bit(self) -> u16 {
+        match self {
+            Self::Sign => crate::state::ops::SIGN,
+            Self::Decrypt => crate::state::ops::DECRYPT,
         }
     }
 }

@@ -607,25 +607,21 @@ fn sigterm_does_not_wait_for_a_peer_that_stopped_reading() {
 /// Voluntary context switches so far of the forwarder's connection threads (`p11fwd-conn`),
 /// with how many there are.
 fn conn_thread_sleeps(fwd: &Fwd) -> (usize, u64) {
-    let mut threads = 0;
-    let mut sleeps = 0;
-    for task in std::fs::read_dir(format!("/proc/{}/task", fwd.pid())).unwrap() {
-        let dir = task.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() != "p11fwd-conn" {
-            continue;
-        }
-        let status = std::fs::read_to_string(dir.join("status")).unwrap();
-        threads += 1;
-        sleeps += status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap();
-    }
-    (threads, sleeps)
+    let threads = common::server_threads(fwd, "p11fwd-conn");
+    let sleeps = threads
+        .iter()
+        .map(|dir| {
+            std::fs::read_to_string(dir.join("status"))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    (threads.len(), sleeps)
 }
 
 /// The connection's thread sleeps once per request, until the request comes: not also when the

@@ -348,23 +348,17 @@ fn hex_p256() -> Vec<u8> {
 
 /// CPU time (user + system, in clock ticks) of the forwarder's arming thread, if it runs.
 fn arming_thread_ticks(fwd: &ForwarderServer) -> Option<u64> {
-    for task in std::fs::read_dir(format!("/proc/{}/task", fwd.pid())).unwrap() {
-        let dir = task.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() == "p11fwd-prearm" {
-            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
-            // The fields after the command (which ends with the last ')'): utime is the 12th,
-            // stime the 13th.
-            let rest: Vec<&str> = stat
-                .rsplit_once(')')
-                .unwrap()
-                .1
-                .split_whitespace()
-                .collect();
-            return Some(rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap());
-        }
-    }
-    None
+    let dir = common::server_threads(fwd, "p11fwd-prearm").pop()?;
+    let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+    // The fields after the command (which ends with the last ')'): utime is the 12th, stime
+    // the 13th.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    Some(rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap())
 }
 
 /// Between back-to-back jobs the arming thread stays awake for a while (`prearm::next_job`);

@@ -66,13 +66,7 @@ impl Fake {
 
 /// The server's threads named `p11fwd-events`.
 fn event_threads(fwd: &Fwd) -> usize {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", fwd.pid())) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|c| c.trim() == "p11fwd-events")
-        .count()
+    common::server_threads(fwd, "p11fwd-events").len()
 }
 
 /// A connection driven frame by frame, for requests left pending.

@@ -5,7 +5,7 @@
 
 pub mod slow;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use p11fwd_tests::{ForwarderServer, ForwarderServerBuilder, TestToken};
@@ -56,6 +56,18 @@ pub fn connect(socket: &Path, offer: u8) -> Client {
     let c = Client::connect(socket, opts).unwrap();
     c.initialize(None).unwrap();
     c
+}
+
+/// The `/proc/<pid>/task/<tid>` directories of the server's threads named `name` (none if the
+/// server is gone).
+pub fn server_threads(fwd: &ForwarderServer, name: &str) -> Vec<PathBuf> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", fwd.pid())) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| Some(t.ok()?.path()))
+        .filter(|dir| std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == name))
+        .collect()
 }
 
 /// Open a RW session on the first slot.
